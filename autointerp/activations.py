@@ -167,6 +167,9 @@ class CacheWriter:
         """Check ``hookpoint``'s folder; return True when its cache is already complete."""
         d = self.hook_dir(hookpoint)
         pending = {**self.identity, "hookpoint": hookpoint}
+        if _dist()[0] == 0:
+            for stale in d.glob(".*.tmp-*"):  # half-written files of a killed run
+                stale.unlink()
         for name in (MANIFEST, PENDING):
             f = d / name
             if not f.exists():
@@ -240,7 +243,11 @@ class CacheWriter:
             if s in missing:
                 for h, tensors in self._shard_tensors(s).items():
                     if h in todo_hooks:
-                        meta = {"hookpoint": h, "fingerprint": self.identity["fingerprint"], "shard": str(s)}
+                        # one metadata key: safetensors writes several keys in no fixed order,
+                        # which would break byte-identical resumes
+                        meta = {"autointerp": json.dumps({"hookpoint": h, "shard": s,
+                                                          "fingerprint": self.identity["fingerprint"]},
+                                                         sort_keys=True)}
                         _atomic_write(self.hook_dir(h) / shard_name(s), st_save(tensors, metadata=meta))
             bar.update(n)
         bar.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 
 import torch
 from jaxtyping import Float, Int
@@ -104,6 +105,9 @@ def hookpoint_shapes(model: LoadedModel, seq_len: int = 4) -> list[tuple[str, tu
             shapes.setdefault(hook.name, tuple(act.shape))
 
     ids = torch.full((1, seq_len), 1, dtype=torch.long, device=model.device)
-    with torch.inference_mode(), model.bridge.hooks(fwd_hooks=[(lambda _n: True, hook)]):
-        model.bridge(ids, return_type=None)
+    with warnings.catch_warnings():
+        # the bridge warns about hook names that are gated off; they simply do not appear below
+        warnings.simplefilter("ignore", UserWarning)
+        with torch.inference_mode(), model.bridge.hooks(fwd_hooks=[(lambda _n: True, hook)]):
+            model.bridge(ids, return_type=None)
     return [(n, shapes[n]) for n in hookpoint_names(model) if n in shapes]

@@ -1,0 +1,131 @@
+"""Model loading offline, hook point names, validation and capture."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from autointerp.models import (
+    HookPointError, ModelNotFoundError, capture, hookpoint_layer, hookpoint_shapes, load_model, validate_hookpoints)
+from autointerp.models.embedded import SMOLLM2_GGUF, sha256_file
+from helpers import REPO
+
+
+def test_alias_is_cached_and_verified():
+    gguf = SMOLLM2_GGUF.ensure()
+    assert gguf.is_file() and sha256_file(gguf) == SMOLLM2_GGUF.sha256
+
+
+@pytest.mark.real_model
+def test_real_model_shape_and_names(real_model):
+    assert (real_model.n_layers, real_model.d_model) == (30, 576)
+    names = set(real_model.bridge.hook_dict)
+    assert {"blocks.15.hook_out", "blocks.3.mlp.hook_in", "blocks.29.hook_out"} <= names
+    assert real_model.checksum == SMOLLM2_GGUF.sha256
+
+
+@pytest.mark.real_model
+def test_gguf_path_loads_same_weights_as_alias(real_model):
+    other = load_model(str(SMOLLM2_GGUF.ensure()))
+    ids = torch.tensor([[1, 504, 3458, 314, 253, 1230]])
+    a = capture(real_model, ids, ["blocks.5.hook_out"])["blocks.5.hook_out"]
+    b = capture(other, ids, ["blocks.5.hook_out"])["blocks.5.hook_out"]
+    assert torch.equal(a, b)
+
+
+@pytest.mark.real_model
+def test_capture_matches_transformers_hidden_states(real_model):
+    """TransformerLens hook points equal plain transformers ``output_hidden_states`` within 1e-4."""
+    torch.manual_seed(0)
+    ids = torch.randint(3, 49152, (2, 32))
+    names = ["blocks.0.hook_out", "blocks.15.hook_out", "blocks.20.hook_out"]
+    acts = capture(real_model, ids, names)
+    with torch.inference_mode():
+        hidden = real_model.hf_model(ids, output_hidden_states=True).hidden_states
+    for name in names:
+        layer = hookpoint_layer(name)
+        assert (acts[name] - hidden[layer + 1]).abs().max() < 1e-4, name
+
+
+def test_capture_stops_after_deepest_hookpoint(tiny_model):
+    """No layer after the deepest requested hook point runs, and no hook is left behind."""
+    ran = []
+    handles = [layer.register_forward_pre_hook(lambda *_, i=i: ran.append(i))
+               for i, layer in enumerate(tiny_model.hf_model.model.layers)]
+    try:
+        capture(tiny_model, torch.randint(3, 1000, (1, 8)), ["blocks.1.hook_out", "blocks.0.mlp.hook_in"])
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == [0, 1]
+    assert all(not hp._forward_hooks for hp in tiny_model.bridge.hook_dict.values())
+
+
+def test_capture_equals_hidden_states_tiny(tiny_model):
+    ids = torch.randint(3, 1000, (3, 16))
+    acts = capture(tiny_model, ids, ["blocks.2.hook_out"])["blocks.2.hook_out"]
+    with torch.inference_mode():
+        hidden = tiny_model.hf_model(ids, output_hidden_states=True).hidden_states[3]
+    assert acts.shape == (3, 16, 64)
+    assert (acts - hidden).abs().max() < 1e-4
+
+
+def test_hookpoint_errors_name_the_problem(tiny_model):
+    with pytest.raises(HookPointError, match=r"layer 9 is beyond the model, which has 4 layers"):
+        validate_hookpoints(tiny_model, ["blocks.9.hook_out"])
+    with pytest.raises(HookPointError, match=r"did you mean blocks\.1\.hook_out") as err:
+        validate_hookpoints(tiny_model, ["blocks.1.hook_outt"])
+    assert "blocks.0.mlp.hook_in" in str(err.value)  # the valid ones are listed
+    validate_hookpoints(tiny_model, ["blocks.3.hook_out", "blocks.0.mlp.hook_out"])
+
+
+def test_hookpoint_shapes(tiny_model):
+    shapes = dict(hookpoint_shapes(tiny_model, seq_len=5))
+    assert shapes["blocks.0.hook_out"] == (1, 5, 64)
+    assert shapes["blocks.3.mlp.hook_in"] == (1, 5, 64)
+
+
+def test_missing_model_errors(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="GGUF file not found"):
+        load_model(str(tmp_path / "nope.gguf"))
+    with pytest.raises(ModelNotFoundError, match="model folder not found"):
+        load_model(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        load_model(str(tmp_path / "empty"))
+    with pytest.raises(ModelNotFoundError, match=r"'someorg/not-cached-model'.*huggingface-cli download"):
+        load_model("someorg/not-cached-model")
+
+
+def test_pickled_weights_refused(tmp_path, tiny_model_dir):
+    import shutil
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder)
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelNotFoundError, match="only from safetensors"):
+        load_model(str(folder))
+
+
+def test_loading_works_with_network_disabled(tiny_model_dir):
+    """In a fresh process where every socket connect fails, the embedded model and a folder load."""
+    script = textwrap.dedent(f"""
+        import socket
+        def refuse(*a, **k):
+            raise OSError("network disabled by test")
+        socket.socket.connect = refuse
+        socket.create_connection = refuse
+        from autointerp.models import load_model
+        m = load_model("smollm2-135m")
+        t = load_model({str(tiny_model_dir)!r})
+        print("ok", m.n_layers, t.n_layers)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ok 30 4" in proc.stdout
