@@ -26,14 +26,16 @@ Batch = dict[str, Tensor]
 
 
 def _shuffled_batches(chunks: Iterable[Batch], batch_size: int, buffer_size: int, gen: torch.Generator | None,
-                      drop_last: bool) -> Iterator[Batch]:
+                      drop_last: bool, stats: dict | None = None) -> Iterator[Batch]:
     """Stream ``chunks`` through a shuffle buffer of ``buffer_size`` rows and cut batches.
 
     When the buffer holds ``buffer_size`` rows or more, it is permuted and every full batch
     beyond the first ``buffer_size // 2`` rows is emitted, so rows from one chunk are spread
     over roughly ``buffer_size`` rows of output. With ``gen=None`` nothing is permuted and
-    batches come out in order.
+    batches come out in order. ``stats["peak_rows"]`` records the most rows ever buffered.
     """
+    stats = {} if stats is None else stats
+    stats.setdefault("peak_rows", 0)
     buf: Batch | None = None
     keep_back = buffer_size // 2 if gen is not None else 0
     if gen is None:
@@ -50,6 +52,7 @@ def _shuffled_batches(chunks: Iterable[Batch], batch_size: int, buffer_size: int
 
     for chunk in chunks:
         buf = chunk if buf is None else {k: torch.cat([buf[k], chunk[k]]) for k in buf}
+        stats["peak_rows"] = max(stats["peak_rows"], rows(buf))
         if rows(buf) >= buffer_size:
             buf = permuted(buf)
             n_emit = (rows(buf) - keep_back) // batch_size * batch_size
@@ -71,6 +74,8 @@ class _Resumable:
 
     def __init__(self) -> None:
         self._epoch, self._done = 0, 0
+        self.stats: dict = {"peak_rows": 0}
+        """``peak_rows``: the most activation rows ever held in the shuffle buffer."""
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "epoch": self._epoch, "batches": self._done}
@@ -150,7 +155,7 @@ class ActivationStore(_Resumable):
         n_shards = len(next(iter(self.manifests.values()))["shards"])
         order = torch.randperm(n_shards, generator=gen).tolist() if self.shuffle else list(range(n_shards))
         stream = _shuffled_batches(self._chunks(order), self.batch_size, self.buffer_size,
-                                   gen if self.shuffle else None, self.drop_last)
+                                   gen if self.shuffle else None, self.drop_last, self.stats)
         limit = len(self)
         for i, batch in enumerate(stream):
             if i // self.world_size >= limit:
@@ -188,4 +193,5 @@ class StreamingSource(_Resumable):
 
     def _batches(self, epoch: int) -> Iterator[Batch]:
         gen = torch.Generator().manual_seed(self.seed + epoch)
-        yield from _shuffled_batches(self._chunks(), self.batch_size, self.buffer_size, gen, self.drop_last)
+        yield from _shuffled_batches(self._chunks(), self.batch_size, self.buffer_size, gen, self.drop_last,
+                                     self.stats)

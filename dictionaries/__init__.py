@@ -1,0 +1,73 @@
+"""Standalone sparse dictionary library: sparse autoencoders and transcoders.
+
+Depends only on torch, einops, safetensors and tqdm (plotly optionally, for
+:func:`metrics.density_histogram_figure`); never on ``autointerp`` or TransformerLens.
+
+* :mod:`.base` - :class:`DictionaryConfig`, :class:`Dictionary` (``encode`` / ``decode`` /
+  ``forward -> DictionaryOutput``), the architecture registry (:func:`register`, :func:`build`).
+* Architectures, one file each: :mod:`.relu`, :mod:`.topk`, :mod:`.batchtopk`, :mod:`.jumprelu`.
+* :mod:`.training` - :class:`Trainer` for several dictionaries over one batch stream, with
+  checkpoints, exact resume, dead-latent tracking and data parallelism.
+* :mod:`.data` - the :class:`BatchSource` protocol and :class:`TensorBatchSource`.
+* :mod:`.io` - :func:`save` / :func:`load` (``cfg.json`` + ``weights.safetensors``).
+* :mod:`.metrics` - FVU, L0, firing densities, density histogram.
+"""
+
+from . import batchtopk, jumprelu, relu, topk  # noqa: F401  (register the built-in architectures)
+from .base import REGISTRY, Dictionary, DictionaryConfig, DictionaryOutput, Latents, build, register
+from .batchtopk import BatchTopKDictionary
+from .data import BatchSource, TensorBatchSource
+from .io import load, save
+from .jumprelu import JumpReLUDictionary
+from .metrics import (
+    FVUAccumulator,
+    dead_fraction,
+    dense_fraction,
+    density_histogram_figure,
+    firing_density,
+    fvu,
+    l0,
+)
+from .relu import ReLUDictionary
+from .topk import TopKDictionary
+from .training import (
+    DictionarySpec,
+    StepInfo,
+    TrainConfig,
+    TrainedDictionary,
+    Trainer,
+    TrainingDivergedError,
+    geometric_median,
+)
+
+__all__ = [
+    "REGISTRY",
+    "BatchSource",
+    "BatchTopKDictionary",
+    "Dictionary",
+    "DictionaryConfig",
+    "DictionaryOutput",
+    "DictionarySpec",
+    "FVUAccumulator",
+    "JumpReLUDictionary",
+    "Latents",
+    "ReLUDictionary",
+    "StepInfo",
+    "TensorBatchSource",
+    "TopKDictionary",
+    "TrainConfig",
+    "TrainedDictionary",
+    "Trainer",
+    "TrainingDivergedError",
+    "build",
+    "dead_fraction",
+    "dense_fraction",
+    "density_histogram_figure",
+    "firing_density",
+    "fvu",
+    "geometric_median",
+    "l0",
+    "load",
+    "register",
+    "save",
+]

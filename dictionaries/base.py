@@ -1,0 +1,445 @@
+"""The dictionary interface shared by every architecture, its config and its registry.
+
+A dictionary (sparse autoencoder, or transcoder when input and target differ) is::
+
+    pre     = x @ W_enc + b_enc                          x: [..., d_in], pre: [..., F]
+    z       = activation(pre)                            z: [..., F]   (architecture-specific)
+    x_hat   = z @ W_dec + b_dec  (+ x @ W_skip)          x_hat: [..., d_out]
+
+with ``W_enc: [d_in, F]``, ``b_enc: [F]``, ``W_dec: [F, d_out]``, ``b_dec: [d_out]`` and the
+optional linear skip ``W_skip: [d_in, d_out]`` of a skip transcoder.
+
+An architecture is one file that subclasses :class:`Dictionary`, implements
+:meth:`Dictionary.activation` and registers itself with ``@register("name")``; :func:`build`
+turns a :class:`DictionaryConfig` into the registered class.
+
+Training happens on scaled activations (``x * s`` with ``E||x * s|| = sqrt(d_in)``);
+:meth:`Dictionary.fold_scale` rewrites the weights afterwards so that the saved dictionary
+takes raw activations and gives the *same latents* and raw-scale reconstructions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, NamedTuple, TypeVar
+
+import einops
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "REGISTRY",
+    "Dictionary",
+    "DictionaryConfig",
+    "DictionaryOutput",
+    "Latents",
+    "build",
+    "register",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------
+
+REGISTRY: dict[str, type["Dictionary"]] = {}
+"""Architecture name -> class. Filled by ``@register`` when an architecture module is imported
+(the package ``__init__`` imports the built-in ones)."""
+
+_D = TypeVar("_D", bound=type["Dictionary"])
+
+
+def register(name: str) -> Callable[[_D], _D]:
+    """Class decorator: make ``cls`` buildable as ``DictionaryConfig(arch=name, ...)``."""
+
+    def decorate(cls: _D) -> _D:
+        if name in REGISTRY and REGISTRY[name] is not cls:
+            raise ValueError(f"architecture {name!r} is already registered to {REGISTRY[name]!r}")
+        REGISTRY[name] = cls
+        cls.arch = name
+        return cls
+
+    return decorate
+
+
+def build(cfg: "DictionaryConfig") -> "Dictionary":
+    """Instantiate the architecture named by ``cfg.arch`` (freshly initialised weights)."""
+    return REGISTRY[cfg.arch](cfg)
+
+
+# --------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DictionaryConfig:
+    """Shape and hyper-parameters of one dictionary. Serialised as ``cfg.json``."""
+
+    arch: str
+    """Registered architecture name: one of ``REGISTRY`` ("relu", "topk", "batchtopk", "jumprelu")."""
+
+    d_in: int
+    """Width of the input activations ``x``."""
+
+    n_latents: int
+    """Number of latents ``F`` (dictionary size)."""
+
+    d_out: int | None = None
+    """Width of the reconstruction target. ``None`` means ``d_in`` (an SAE); a transcoder may differ."""
+
+    k: int = 32
+    """TopK / BatchTopK: active latents per token (BatchTopK: on average, ``k * batch`` per batch)."""
+
+    k_aux: int | None = None
+    """TopK / BatchTopK: dead latents used by the AuxK loss. ``None`` means ``d_in // 2`` (Gao et al.)."""
+
+    aux_coeff: float = 1 / 32
+    """TopK / BatchTopK: weight of the AuxK loss (Gao et al. use 1/32)."""
+
+    l1_coeff: float = 5.0
+    """ReLU: weight of ``sum_i |z_i| * ||W_dec_i||`` (on the normalised scale ``E||x|| = sqrt(d_in)``)."""
+
+    l0_coeff: float = 1.0
+    """JumpReLU: weight of the (straight-through) L0 penalty, on the same scale as ``recon_loss``."""
+
+    bandwidth: float = 1e-3
+    """JumpReLU: width ``eps`` of the rectangle kernel of the threshold's pseudo-derivative."""
+
+    initial_threshold: float = 1e-3
+    """JumpReLU: initial value of every threshold ``theta`` (must be > 0; stored as ``log theta``)."""
+
+    threshold_momentum: float = 0.99
+    """BatchTopK: EMA momentum of the learned inference threshold (0 = last batch only)."""
+
+    skip_connection: bool = False
+    """Add a learned linear path ``x @ W_skip`` to the reconstruction (skip transcoder)."""
+
+    normalize_decoder: bool = True
+    """Keep decoder rows at unit norm during training (the trainer projects gradients and renormalises)."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in REGISTRY:
+            raise ValueError(f"unknown arch {self.arch!r}; valid architectures: {sorted(REGISTRY)}")
+        if self.d_out is None:
+            self.d_out = self.d_in
+        for name in ("d_in", "d_out", "n_latents", "k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.k_aux is not None and (not isinstance(self.k_aux, int) or self.k_aux <= 0):
+            raise ValueError(f"k_aux must be a positive integer or None, got {self.k_aux!r}")
+        for name in ("aux_coeff", "l1_coeff", "l0_coeff"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.bandwidth <= 0:
+            raise ValueError(f"bandwidth must be > 0, got {self.bandwidth!r}")
+        if self.initial_threshold <= 0:
+            raise ValueError(f"initial_threshold must be > 0, got {self.initial_threshold!r}")
+        if not 0 <= self.threshold_momentum < 1:
+            raise ValueError(f"threshold_momentum must be in [0, 1), got {self.threshold_momentum!r}")
+        REGISTRY[self.arch].validate_config(self)
+
+    @property
+    def aux_k(self) -> int:
+        """The resolved ``k_aux`` (``d_in // 2`` by default, at least 1, at most ``n_latents``)."""
+        k_aux = self.k_aux if self.k_aux is not None else max(self.d_in // 2, 1)
+        return min(k_aux, self.n_latents)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; ``DictionaryConfig(**cfg.to_dict()) == cfg``."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DictionaryConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError`` naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown DictionaryConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------
+
+
+class Latents(NamedTuple):
+    """What an architecture's activation function returns."""
+
+    dense: Tensor
+    """``[..., F]`` latent activations ``z`` (zeros where inactive)."""
+
+    top_indices: Tensor | None = None
+    """``[..., K]`` indices of the active latents when every token has exactly K (TopK), else None."""
+
+    top_acts: Tensor | None = None
+    """``[..., K]`` activations at ``top_indices`` (may contain zeros), else None."""
+
+
+class DictionaryOutput(NamedTuple):
+    """Result of :meth:`Dictionary.forward`. All losses are scalars; ``loss`` carries the graph."""
+
+    x_hat: Tensor
+    """``[..., d_out]`` reconstruction of the target (including the skip path if any)."""
+
+    latents: Tensor
+    """``[..., F]`` latent activations ``z``."""
+
+    loss: Tensor
+    """Total training loss ``recon_loss + sparsity_loss + auxk_loss``."""
+
+    recon_loss: Tensor
+    """``mean_tokens sum_features (target - x_hat)^2``: squared error summed over ``d_out``,
+    averaged over tokens."""
+
+    sparsity_loss: Tensor
+    """Architecture penalty, already weighted: ReLU ``l1_coeff * mean_tokens sum_i z_i ||W_dec_i||``,
+    JumpReLU ``l0_coeff * mean_tokens L0``; zero for TopK / BatchTopK."""
+
+    auxk_loss: Tensor
+    """TopK / BatchTopK: ``aux_coeff * ||e - e_hat||^2 / ||e - mean e||^2`` where ``e`` is the
+    (detached) residual and ``e_hat`` its reconstruction by the top ``k_aux`` dead latents;
+    zero for other architectures, when no ``dead_mask`` is given or no latent is dead."""
+
+    fvu: Tensor
+    """Fraction of variance unexplained on this batch (detached):
+    ``sum ||target - x_hat||^2 / sum ||target - mean_batch(target)||^2``."""
+
+    l0: Tensor
+    """Mean number of non-zero latents per token (detached)."""
+
+
+# --------------------------------------------------------------------------------------
+# The base module
+# --------------------------------------------------------------------------------------
+
+
+def check_width(t: Tensor, expected: int, what: str) -> None:
+    """Raise a ``ValueError`` unless ``t.shape[-1] == expected``."""
+    if t.ndim == 0 or t.shape[-1] != expected:
+        raise ValueError(
+            f"{what}: expected last dimension {expected}, got tensor of shape {tuple(t.shape)}"
+        )
+
+
+class Dictionary(nn.Module, ABC):
+    """Abstract sparse dictionary. Subclasses implement :meth:`activation` and may override
+    :meth:`sparsity_loss`, :meth:`auxk_loss` and :meth:`validate_config`.
+
+    Parameters: ``W_enc [d_in, F]``, ``b_enc [F]``, ``W_dec [F, d_out]``, ``b_dec [d_out]``,
+    ``W_skip [d_in, d_out]`` (only with ``cfg.skip_connection``). Buffers ``folded_in_scale`` and
+    ``folded_out_scale`` record the product of the factors folded in by :meth:`fold_scale`
+    (1.0 for a dictionary that still expects normalised activations).
+    """
+
+    arch: ClassVar[str] = ""
+
+    def __init__(self, cfg: DictionaryConfig):
+        super().__init__()
+        self.cfg = cfg
+        d_in, d_out, n = cfg.d_in, cfg.d_out, cfg.n_latents
+        assert d_out is not None  # resolved by DictionaryConfig.__post_init__
+
+        # Decoder rows are random unit vectors. For an SAE the encoder starts as the decoder's
+        # transpose (Gao et al. 2024; it keeps latents from dying early); a transcoder's encoder
+        # lives in another space, so it gets its own random unit columns.
+        W_dec_FO = torch.randn(n, d_out)
+        W_dec_FO /= W_dec_FO.norm(dim=-1, keepdim=True)
+        if d_in == d_out:
+            W_enc_DF = W_dec_FO.T.clone()
+        else:
+            W_enc_DF = torch.randn(d_in, n)
+            W_enc_DF /= W_enc_DF.norm(dim=0, keepdim=True)
+
+        self.W_enc = nn.Parameter(W_enc_DF)
+        self.b_enc = nn.Parameter(torch.zeros(n))
+        self.W_dec = nn.Parameter(W_dec_FO)
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        self.W_skip = nn.Parameter(torch.zeros(d_in, d_out)) if cfg.skip_connection else None
+        self.register_buffer("folded_in_scale", torch.ones(()))
+        self.register_buffer("folded_out_scale", torch.ones(()))
+
+    # ---- extension points -----------------------------------------------------------
+
+    @classmethod
+    def validate_config(cls, cfg: DictionaryConfig) -> None:
+        """Raise ``ValueError`` if ``cfg`` is invalid for this architecture (default: accept)."""
+
+    @abstractmethod
+    def activation(self, pre_BF: Tensor) -> Latents:
+        """Map pre-activations ``[..., F]`` to latents. May depend on ``self.training``."""
+
+    def sparsity_loss(self, pre_BF: Tensor, latents: Latents) -> Tensor:
+        """Weighted sparsity penalty (scalar). Default: none."""
+        return pre_BF.new_zeros(())
+
+    def auxk_loss(self, pre_BF: Tensor, residual_BO: Tensor, dead_mask_F: Tensor | None) -> Tensor:
+        """Auxiliary loss on dead latents (scalar). Default: none."""
+        return pre_BF.new_zeros(())
+
+    # ---- the model ------------------------------------------------------------------
+
+    @property
+    def n_latents(self) -> int:
+        return self.cfg.n_latents
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        """``x [..., d_in] -> x @ W_enc + b_enc  [..., F]``."""
+        check_width(x, self.cfg.d_in, "x")
+        return einops.einsum(x, self.W_enc, "... d, d f -> ... f") + self.b_enc
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``x [..., d_in] -> z [..., F]`` (BatchTopK: the batch is all leading dims in training
+        mode; the learned threshold is used in eval mode)."""
+        return self.activation(self.pre_activation(x)).dense
+
+    def decode(self, z: Tensor, x: Tensor | None = None) -> Tensor:
+        """``z [..., F] -> z @ W_dec + b_dec (+ x @ W_skip)  [..., d_out]``.
+
+        ``x [..., d_in]`` is required when the dictionary has a skip connection (decoding a skip
+        transcoder without its input would silently drop the linear path) and ignored otherwise.
+        """
+        check_width(z, self.cfg.n_latents, "z")
+        x_hat = einops.einsum(z, self.W_dec, "... f, f o -> ... o") + self.b_dec
+        return x_hat + self._skip(x)
+
+    def decode_sparse(self, top_indices: Tensor, top_acts: Tensor, x: Tensor | None = None) -> Tensor:
+        """Decode from ``K`` active latents per token without materialising ``z``.
+
+        ``x_hat[t] = sum_j top_acts[t, j] * W_dec[top_indices[t, j]] + b_dec (+ x[t] @ W_skip)``.
+        ``top_indices, top_acts: [..., K]`` -> ``[..., d_out]``. Equal to :meth:`decode` of the
+        dense ``z`` (to float rounding), with the same gradients for ``W_dec`` and ``top_acts``;
+        costs ``O(K d_out)`` per token instead of ``O(F d_out)``.
+        """
+        if top_indices.shape != top_acts.shape:
+            raise ValueError(
+                f"top_indices {tuple(top_indices.shape)} and top_acts {tuple(top_acts.shape)} differ"
+            )
+        lead, k = top_indices.shape[:-1], top_indices.shape[-1]
+        x_hat_NO = F.embedding_bag(
+            top_indices.reshape(-1, k),
+            self.W_dec,
+            per_sample_weights=top_acts.reshape(-1, k),
+            mode="sum",
+        )
+        x_hat = x_hat_NO.reshape(*lead, self.cfg.d_out) + self.b_dec
+        return x_hat + self._skip(x)
+
+    def _skip(self, x: Tensor | None) -> Tensor | float:
+        if self.W_skip is None:
+            if x is not None:
+                check_width(x, self.cfg.d_in, "x")
+            return 0.0
+        if x is None:
+            raise ValueError("this dictionary has a skip connection: decode needs the input x too")
+        check_width(x, self.cfg.d_in, "x")
+        return einops.einsum(x, self.W_skip, "... d, d o -> ... o")
+
+    def forward(
+        self, x: Tensor, target: Tensor | None = None, dead_mask: Tensor | None = None
+    ) -> DictionaryOutput:
+        """Reconstruct ``target`` (default ``x``) from ``x`` and compute the training losses.
+
+        Args:
+            x: ``[..., d_in]`` input activations (normalised scale during training).
+            target: ``[..., d_out]`` what to reconstruct; required when ``d_out != d_in``
+                (transcoder: e.g. the MLP output for the MLP input ``x``).
+            dead_mask: ``[F]`` bool, True for latents the trainer considers dead (AuxK only).
+        """
+        check_width(x, self.cfg.d_in, "x")
+        if target is None:
+            if self.cfg.d_out != self.cfg.d_in:
+                raise ValueError(
+                    f"d_out={self.cfg.d_out} != d_in={self.cfg.d_in}: a transcoder needs a target"
+                )
+            target = x
+        check_width(target, self.cfg.d_out, "target")
+        if target.shape[:-1] != x.shape[:-1]:
+            raise ValueError(
+                f"x {tuple(x.shape)} and target {tuple(target.shape)} have different leading dims"
+            )
+        if dead_mask is not None and dead_mask.shape != (self.cfg.n_latents,):
+            raise ValueError(
+                f"dead_mask: expected shape ({self.cfg.n_latents},), got {tuple(dead_mask.shape)}"
+            )
+
+        pre_BF = self.pre_activation(x)
+        latents = self.activation(pre_BF)
+        if latents.top_indices is not None and latents.top_acts is not None:
+            x_hat_BO = self.decode_sparse(latents.top_indices, latents.top_acts, x)
+        else:
+            x_hat_BO = self.decode(latents.dense, x)
+
+        error_BO = target - x_hat_BO
+        recon_loss = error_BO.pow(2).sum(-1).mean()
+        sparsity_loss = self.sparsity_loss(pre_BF, latents)
+        auxk_loss = self.auxk_loss(pre_BF, error_BO.detach(), dead_mask)
+        with torch.no_grad():
+            target_ND = target.reshape(-1, target.shape[-1])
+            total_var = (target_ND - target_ND.mean(0)).pow(2).sum()
+            fvu = error_BO.pow(2).sum() / total_var
+            l0 = (latents.dense != 0).sum(-1).float().mean()
+        return DictionaryOutput(
+            x_hat=x_hat_BO,
+            latents=latents.dense,
+            loss=recon_loss + sparsity_loss + auxk_loss,
+            recon_loss=recon_loss,
+            sparsity_loss=sparsity_loss,
+            auxk_loss=auxk_loss,
+            fvu=fvu,
+            l0=l0,
+        )
+
+    # ---- decoder-norm constraint (called by the trainer) ----------------------------
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_(self) -> None:
+        """Rescale every decoder row ``W_dec[i]`` to unit L2 norm."""
+        self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).tiny)
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad_(self) -> None:
+        """Remove from ``W_dec.grad`` its component along each (unit) decoder row, so that a
+        small step moves rows tangentially to the unit sphere: ``g_i -= (g_i . w_i) w_i``."""
+        if self.W_dec.grad is None:
+            return
+        parallel_F = einops.einsum(self.W_dec.grad, self.W_dec, "f o, f o -> f")
+        self.W_dec.grad -= einops.einsum(parallel_F, self.W_dec, "f, f o -> f o")
+
+    # ---- scale folding --------------------------------------------------------------
+
+    @torch.no_grad()
+    def fold_scale(self, in_scale: float, out_scale: float | None = None) -> None:
+        """Make a dictionary trained on ``x * in_scale`` (targets ``y * out_scale``) work on raw
+        activations: afterwards ``encode(x) == encode_before(x * in_scale)`` (same latents) and
+        ``decode(z) == decode_before(z) / out_scale``.
+
+        ``W_enc *= s_in``; ``W_dec, b_dec /= s_out``; ``W_skip *= s_in / s_out``. Pre-activations
+        are unchanged, so thresholds in pre-activation / latent units (JumpReLU ``theta``,
+        BatchTopK inference threshold) need no change; an architecture that rescaled its
+        latents instead would have to rescale those thresholds too. Decoder rows then have norm
+        ``1 / s_out``: fold only after training.
+
+        ``out_scale`` defaults to ``in_scale`` (an SAE).
+        """
+        s_in = float(in_scale)
+        s_out = float(in_scale if out_scale is None else out_scale)
+        if not (math.isfinite(s_in) and math.isfinite(s_out) and s_in > 0 and s_out > 0):
+            raise ValueError(f"scales must be finite and > 0, got in={s_in}, out={s_out}")
+        self.W_enc *= s_in
+        self.W_dec /= s_out
+        self.b_dec /= s_out
+        if self.W_skip is not None:
+            self.W_skip *= s_in / s_out
+        self.folded_in_scale *= s_in
+        self.folded_out_scale *= s_out
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return f"arch={self.arch!r}, d_in={c.d_in}, n_latents={c.n_latents}, d_out={c.d_out}"
