@@ -114,12 +114,13 @@ class ActivationStore(_Resumable):
         dtype: dtype of the yielded activations.
         rank, world_size: for data-parallel training: this rank yields batches
             ``rank, rank + world_size, ...`` and every rank yields the same number.
+        shards: indices of the shards to read (default: all), e.g. from ``split_shards``.
     """
 
     def __init__(self, folders: dict[str, str | Path] | list[str | Path] | str | Path, batch_size: int = 4096,
                  buffer_size: int = 2 ** 18, seed: int = 0, epochs: int = 1, shuffle: bool = True,
                  dtype: torch.dtype = torch.float32, drop_last: bool = True, rank: int = 0,
-                 world_size: int = 1, verify: bool = True) -> None:
+                 world_size: int = 1, verify: bool = True, shards: list[int] | None = None) -> None:
         super().__init__()
         if isinstance(folders, (str, Path)):
             folders = [folders]
@@ -137,7 +138,10 @@ class ActivationStore(_Resumable):
         self.batch_size, self.buffer_size, self.seed, self.epochs = batch_size, buffer_size, seed, epochs
         self.shuffle, self.dtype, self.drop_last, self.verify = shuffle, dtype, drop_last, verify
         self.rank, self.world_size = rank, world_size
-        self.n_tokens = int(first["tokens"])
+        self.shards = list(range(len(first["shards"]))) if shards is None else list(shards)
+        if not self.shards or not all(0 <= s < len(first["shards"]) for s in self.shards):
+            raise ValueError(f"shards must be a non-empty subset of 0..{len(first['shards']) - 1}, got {shards}")
+        self.n_tokens = sum(int(first["shards"][s]["rows"]) for s in self.shards)
         self.d = {k: int(m["d"]) for k, m in self.manifests.items()}
 
     def __len__(self) -> int:
@@ -152,8 +156,8 @@ class ActivationStore(_Resumable):
 
     def _batches(self, epoch: int) -> Iterator[Batch]:
         gen = torch.Generator().manual_seed(self.seed + epoch)
-        n_shards = len(next(iter(self.manifests.values()))["shards"])
-        order = torch.randperm(n_shards, generator=gen).tolist() if self.shuffle else list(range(n_shards))
+        order = ([self.shards[i] for i in torch.randperm(len(self.shards), generator=gen).tolist()]
+                 if self.shuffle else list(self.shards))
         stream = _shuffled_batches(self._chunks(order), self.batch_size, self.buffer_size,
                                    gen if self.shuffle else None, self.drop_last, self.stats)
         limit = len(self)
@@ -162,6 +166,23 @@ class ActivationStore(_Resumable):
                 break
             if i % self.world_size == self.rank:
                 yield batch
+
+
+def split_shards(manifest: dict, heldout_tokens: int) -> tuple[list[int], list[int]]:
+    """Split a cache's shards into (train, held-out): the trailing shards holding at least
+    ``heldout_tokens`` rows are held out. Whole shards keep the two sets disjoint by construction."""
+    rows = [int(s["rows"]) for s in manifest["shards"]]
+    held, total = [], 0
+    for i in reversed(range(len(rows))):
+        if total >= heldout_tokens:
+            break
+        held.insert(0, i)
+        total += rows[i]
+    train = [i for i in range(len(rows)) if i not in held]
+    if heldout_tokens > 0 and not train:
+        raise ValueError(f"the cache holds {sum(rows)} tokens in {len(rows)} shards: too few to hold out "
+                         f"{heldout_tokens} tokens and still train; cache more tokens or use smaller shards")
+    return train, held
 
 
 class StreamingSource(_Resumable):

@@ -1,0 +1,52 @@
+"""The command line: help of every command, hookpoints listing, and the demo on the real model."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+
+from autointerp.activations import iter_shards, read_manifest
+from autointerp.cli import _COMMANDS, build_parser
+from helpers import REPO, run_cli
+
+
+@pytest.mark.parametrize("name", sorted(_COMMANDS))
+def test_help_of_every_command(name):
+    proc = run_cli(name, "--help")
+    assert proc.stdout.startswith("usage: autointerp " + name)
+    assert _COMMANDS[name][1].__doc__.strip().splitlines()[0] in " ".join(proc.stdout.split())
+
+
+def test_unknown_command_fails():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["frobnicate"])
+
+
+def test_hookpoints_lists_names_with_shapes(tiny_model_dir):
+    out = run_cli("hookpoints", "--model", str(tiny_model_dir), "--filter", "blocks.2.").stdout
+    assert "blocks.2.hook_out" in out and "[1, 4, 64]" in out
+    assert "blocks.1." not in out
+
+
+@pytest.mark.real_model
+def test_demo_caches_the_real_model(tmp_path, real_model):
+    """`make demo` with a small token budget: the real model's activations land where it says."""
+    proc = subprocess.run(["make", "-s", "demo", f"DEMO_OUT={tmp_path}", "DEMO_TOKENS=3000"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "activations" / "blocks.15.hook_out"
+    assert str(folder) in proc.stdout
+    m = read_manifest(folder)
+    assert (m["tokens"], m["d"], m["model"]["spec"]) == (3000, 576, "smollm2-135m")
+    shard = next(iter_shards(folder))
+    ctx = shard["contexts"][:2].long()
+    with torch.inference_mode():
+        hidden = real_model.hf_model(ctx, output_hidden_states=True).hidden_states[16]
+    first = shard["ctx"] < 2
+    expected = hidden[shard["ctx"][first].long(), shard["ctx_pos"][first].long()]
+    assert (expected - shard["activations"][first]).abs().max() < 1e-4
+    # attention sinks are gone: no kept token has a residual norm far above the rest
+    norms = shard["activations"].norm(dim=-1)
+    assert norms.max() < 5 * norms.median()
