@@ -65,8 +65,9 @@ def main() -> None:
     cfg = CacheConfig(model="smollm2-135m", hookpoints=[HOOK], tokens=n_ctx * 120, batch_size=16,
                       shard_contexts=16 * 4, context=ContextConfig(ctx_len=128))
     writer = CacheWriter(cfg, tmp / "warm", model=bridge_model, progress=False)
-    tokens = writer.contexts.tokens[:n_ctx]
-    n_tok = tokens.numel()
+    # the baselines run exactly the contexts the cache job runs
+    tokens = writer.contexts.tokens
+    n_ctx, n_tok = len(tokens), tokens.numel()
     layers = plain.model.layers
 
     def run_cache(r: int) -> None:

@@ -34,3 +34,12 @@ def run_cli(*args: str, env: dict | None = None, check: bool = True):
     if check and proc.returncode != 0:
         raise AssertionError(f"autointerp {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def plain_hidden_states(model_dir, ids):
+    """``output_hidden_states`` of a plain transformers model (its default attention), no bridge."""
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        return plain(ids, output_hidden_states=True).hidden_states

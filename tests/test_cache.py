@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from autointerp.activations import CacheConfig, CacheError, cache_activations, iter_shards, read_manifest
 from autointerp.data import ContextConfig, CorpusError
 from autointerp.models import HookPointError, ModelNotFoundError
-from helpers import AUTOINTERP, REPO, make_tiny_model, run_cli
+from helpers import AUTOINTERP, REPO, make_tiny_model, plain_hidden_states, run_cli
 
 HP = ["blocks.1.hook_out", "blocks.3.mlp.hook_in"]
 
@@ -43,8 +43,7 @@ def test_cache_values_and_manifest(tiny_model, tmp_path):
     # every row equals the plain transformers hidden state of its token
     shard = next(iter_shards(out[HP[0]]))
     ctx = shard["contexts"].long()
-    with torch.inference_mode():
-        hidden = tiny_model.hf_model(ctx, output_hidden_states=True).hidden_states[2]
+    hidden = plain_hidden_states(tiny_model.source, ctx)[2]
     rows = hidden[shard["ctx"].long(), shard["ctx_pos"].long()]
     assert (rows - shard["activations"]).abs().max() < 1e-4
     assert torch.equal(ctx[shard["ctx"].long(), shard["ctx_pos"].long()].int(), shard["token_ids"])

@@ -5,11 +5,9 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-import torch
-
 from autointerp.activations import iter_shards, read_manifest
 from autointerp.cli import _COMMANDS, build_parser
-from helpers import REPO, run_cli
+from helpers import REPO, plain_hidden_states, run_cli
 
 
 @pytest.mark.parametrize("name", sorted(_COMMANDS))
@@ -42,8 +40,7 @@ def test_demo_caches_the_real_model(tmp_path, real_model):
     assert (m["tokens"], m["d"], m["model"]["spec"]) == (3000, 576, "smollm2-135m")
     shard = next(iter_shards(folder))
     ctx = shard["contexts"][:2].long()
-    with torch.inference_mode():
-        hidden = real_model.hf_model(ctx, output_hidden_states=True).hidden_states[16]
+    hidden = plain_hidden_states(real_model.source, ctx)[16]
     first = shard["ctx"] < 2
     expected = hidden[shard["ctx"][first].long(), shard["ctx_pos"][first].long()]
     assert (expected - shard["activations"][first]).abs().max() < 1e-4

@@ -12,7 +12,7 @@ import torch
 from autointerp.models import (
     HookPointError, ModelNotFoundError, capture, hookpoint_layer, hookpoint_shapes, load_model, validate_hookpoints)
 from autointerp.models.embedded import SMOLLM2_GGUF, sha256_file
-from helpers import REPO
+from helpers import REPO, plain_hidden_states
 
 
 def test_alias_is_cached_and_verified():
@@ -44,11 +44,15 @@ def test_capture_matches_transformers_hidden_states(real_model):
     ids = torch.randint(3, 49152, (2, 32))
     names = ["blocks.0.hook_out", "blocks.15.hook_out", "blocks.20.hook_out"]
     acts = capture(real_model, ids, names)
-    with torch.inference_mode():
-        hidden = real_model.hf_model(ids, output_hidden_states=True).hidden_states
+    hidden = plain_hidden_states(real_model.source, ids)
     for name in names:
         layer = hookpoint_layer(name)
         assert (acts[name] - hidden[layer + 1]).abs().max() < 1e-4, name
+    # the bridge's own step-by-step (eager) attention differs only by float32 rounding: the
+    # sink position has a norm of ~25,000, where one ulp is ~2e-3, so compare relatively
+    eager = capture(real_model, ids, names, fused=False)["blocks.15.hook_out"]
+    rel = (eager - hidden[16]).norm(dim=-1) / hidden[16].norm(dim=-1)
+    assert rel.max() < 1e-5
 
 
 def test_capture_stops_after_deepest_hookpoint(tiny_model):
@@ -68,8 +72,7 @@ def test_capture_stops_after_deepest_hookpoint(tiny_model):
 def test_capture_equals_hidden_states_tiny(tiny_model):
     ids = torch.randint(3, 1000, (3, 16))
     acts = capture(tiny_model, ids, ["blocks.2.hook_out"])["blocks.2.hook_out"]
-    with torch.inference_mode():
-        hidden = tiny_model.hf_model(ids, output_hidden_states=True).hidden_states[3]
+    hidden = plain_hidden_states(tiny_model.source, ids)[3]
     assert acts.shape == (3, 16, 64)
     assert (acts - hidden).abs().max() < 1e-4
 
@@ -129,3 +132,29 @@ def test_loading_works_with_network_disabled(tiny_model_dir):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ok 30 4" in proc.stdout
+
+
+@pytest.mark.parametrize("names", [["blocks.2.hook_out"], ["blocks.1.attn.hook_out", "blocks.3.mlp.hook_in"]])
+def test_fused_attention_matches_bridge_attention(tiny_model, names):
+    """The fused SDPA path gives the same activations as the bridge's step-by-step attention."""
+    from autointerp.models.hookpoints import fused_attention
+
+    ids = torch.randint(3, 1000, (2, 24))
+    with fused_attention(tiny_model, names) as active:
+        assert active
+    fused = capture(tiny_model, ids, names)
+    eager = capture(tiny_model, ids, names, fused=False)
+    for n in names:
+        assert (fused[n] - eager[n]).abs().max() < 1e-5
+    # patched forwards and the attention setting are restored
+    assert all("forward" not in m.__dict__ for m in tiny_model.bridge.modules())
+    assert tiny_model.hf_model.config._attn_implementation == "eager"
+
+
+def test_attention_internal_hooks_disable_fusion(tiny_model):
+    from autointerp.models.hookpoints import fused_attention
+
+    with fused_attention(tiny_model, ["blocks.1.attn.hook_pattern"]) as active:
+        assert not active
+    pattern = capture(tiny_model, torch.randint(3, 1000, (1, 6)), ["blocks.1.attn.hook_pattern"])
+    assert pattern["blocks.1.attn.hook_pattern"].shape == (1, 4, 6, 6)
