@@ -15,6 +15,8 @@ from autointerp.training import TrainJob, train_from_cache
 from helpers import run_cli
 
 HP = "blocks.2.hook_out"
+# measured 2026-11-25 (CPU, torch 2.13): held-out FVU 0.514 of the real-model run below
+PINNED_FVU = 0.514
 
 
 @pytest.fixture(scope="module")
@@ -88,5 +90,3 @@ def test_short_run_on_real_activations(real_model, tmp_path_factory):
     assert m["ce_clean"] < m["ce_dict"] < m["ce_mean_ablation"]
     assert m["ce_recovered_mean"] > 0.3
 
-
-PINNED_FVU = 0.0
