@@ -35,6 +35,7 @@ demo: fetch
 
 bench: fetch
 	$(BIN)/python benchmarks/bench_cache.py
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

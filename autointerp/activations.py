@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from autointerp import __version__
 from autointerp.data import ContextConfig, Contexts, make_contexts, open_corpus
+from autointerp.distributed import barrier, rank_and_world
 from autointerp.models import DTYPES, LoadedModel, capture, load_model, validate_hookpoints
 
 log = logging.getLogger(__name__)
@@ -106,17 +107,6 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}.safetensors"
 
 
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if _dist()[1] > 1:
-        torch.distributed.barrier()
-
-
 def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +157,7 @@ class CacheWriter:
         """Check ``hookpoint``'s folder; return True when its cache is already complete."""
         d = self.hook_dir(hookpoint)
         pending = {**self.identity, "hookpoint": hookpoint}
-        if _dist()[0] == 0:
+        if rank_and_world()[0] == 0:
             for stale in d.glob(".*.tmp-*"):  # half-written files of a killed run
                 stale.unlink()
         for name in (MANIFEST, PENDING):
@@ -191,7 +181,7 @@ class CacheWriter:
             raise CacheError(f"{d} holds shards but no {PENDING} or {MANIFEST}: not a cache this tool wrote; "
                              "pass --overwrite to replace it")
         d.mkdir(parents=True, exist_ok=True)
-        if _dist()[0] == 0:
+        if rank_and_world()[0] == 0:
             _atomic_write(d / PENDING, _json_bytes(pending))
         return False
 
@@ -221,15 +211,15 @@ class CacheWriter:
 
     def run(self) -> dict[str, Path]:
         """Write every missing shard and the manifests; return {hookpoint: folder}."""
-        rank, world = _dist()
+        rank, world = rank_and_world()
         if self.overwrite and rank == 0:
             for h in self.cfg.hookpoints:
                 if self.hook_dir(h).exists():
                     shutil.rmtree(self.hook_dir(h))
-        _barrier()
+        barrier()
         complete = {h: self._prepare(h) for h in self.cfg.hookpoints}
         todo_hooks = [h for h in self.cfg.hookpoints if not complete[h]]
-        _barrier()
+        barrier()
         mine = [s for s in range(self.n_shards) if s % world == rank]
         missing = [s for s in mine
                    if any(not (self.hook_dir(h) / shard_name(s)).exists() for h in todo_hooks)]
@@ -251,11 +241,11 @@ class CacheWriter:
                         _atomic_write(self.hook_dir(h) / shard_name(s), st_save(tensors, metadata=meta))
             bar.update(n)
         bar.close()
-        _barrier()
+        barrier()
         if rank == 0:
             for h in todo_hooks:
                 self._write_manifest(h, rows_total)
-        _barrier()
+        barrier()
         return {h: self.hook_dir(h) for h in self.cfg.hookpoints}
 
     def _write_manifest(self, hookpoint: str, rows_total: int) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dictionaries as dl
 from autointerp.activations import read_manifest
+from autointerp.distributed import rank_and_world
 from autointerp.store import ActivationStore, split_shards
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,9 @@ def train_from_cache(job: TrainJob, resume: bool = False, progress: bool = True)
     by_name = {read_manifest(f)["hookpoint"]: Path(f) for f in folders}
     first = next(iter(manifests.values()))
     train_shards, held = split_shards(first, job.heldout_tokens)
+    rank, world = rank_and_world()
     store = ActivationStore(by_name, batch_size=job.batch_size, buffer_size=max(job.buffer_size, job.batch_size),
-                            seed=job.seed, epochs=job.epochs, shards=train_shards)
+                            seed=job.seed, epochs=job.epochs, shards=train_shards, rank=rank, world_size=world)
     steps = len(store) * job.epochs
     if steps == 0:
         raise ValueError(f"the training split holds {store.n_tokens} tokens, fewer than one batch of {job.batch_size}")
@@ -90,7 +92,7 @@ def train_from_cache(job: TrainJob, resume: bool = False, progress: bool = True)
                          checkpoint_every=job.checkpoint_every, progress=progress)
     specs = _specs(job, manifests)
     trained = dl.Trainer(specs, cfg, job.out).train(store, resume=resume)
-    for spec in specs:
+    for spec in specs if rank == 0 else []:
         provenance = {
             "job": asdict(job),
             "input_hookpoint": spec.input_key, "target_hookpoint": spec.target_key,

@@ -90,3 +90,31 @@ def test_short_run_on_real_activations(real_model, tmp_path_factory):
     assert m["ce_clean"] < m["ce_dict"] < m["ce_mean_ablation"]
     assert m["ce_recovered_mean"] > 0.3
 
+
+
+def test_torchrun_train_two_ranks(tiny_cache, tmp_path):
+    """`autointerp train` under torchrun: each rank reads its own batches, rank 0 writes the result."""
+    import os
+    import subprocess
+
+    from helpers import AUTOINTERP, REPO
+
+    torchrun = os.path.join(os.path.dirname(AUTOINTERP[0]), "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "autointerp.cli", "train",
+           "--activations", str(tiny_cache[HP]), "--out", str(tmp_path / "d"), "--latents", "64", "--k", "8",
+           "--batch-size", "128", "--epochs", "2", "--heldout-tokens", "1000", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "d" / HP
+    prov = json.loads((folder / "autointerp.json").read_text())
+    batches_per_epoch = (6000 - sum_heldout(tiny_cache[HP], prov)) // 128
+    assert prov["steps"] == 2 * (batches_per_epoch // 2)  # each rank took every other batch
+    m = json.loads((folder / "metrics.json").read_text())
+    assert m["fvu"] < 1.0
+
+
+def sum_heldout(folder, prov) -> int:
+    from autointerp.activations import read_manifest
+
+    shards = read_manifest(folder)["shards"]
+    return sum(shards[i]["rows"] for i in prov["heldout_shards"])
