@@ -235,11 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     from autointerp.data import CorpusError
     from autointerp.models import HookPointError, ModelNotFoundError
 
+    from dictionaries import TrainingDivergedError
+
     try:
         return _COMMANDS[args.command][1](args)
     except (UserError, CacheError, CorpusError, HookPointError, ModelNotFoundError) as exc:
         print(f"autointerp {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDivergedError as exc:
+        print(f"autointerp {args.command}: training diverged: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -150,7 +150,8 @@ def evaluate_dictionary(path: str | Path, model: LoadedModel | None = None, down
     """Evaluate the dictionary at ``path`` (trained by ``autointerp train``) and write ``metrics.json``.
 
     Held-out metrics come from the held-out shards recorded in ``autointerp.json``; with a
-    ``model``, downstream metrics run on up to ``downstream_contexts`` held-out contexts.
+    ``model``, downstream metrics run on up to ``downstream_contexts`` held-out contexts. Also
+    writes ``density.json`` (per-latent firing density) and ``density.html`` (its histogram).
     """
     from autointerp.store import ActivationStore
 
@@ -178,4 +179,7 @@ def evaluate_dictionary(path: str | Path, model: LoadedModel | None = None, down
     existing["evaluation"] = {k: v for k, v in metrics.items() if k != "density"}
     metrics_file.write_text(json.dumps(existing, indent=2) + "\n")
     (path / "density.json").write_text(json.dumps(metrics["density"]) + "\n")
+    fig = dl.density_histogram_figure(torch.tensor(metrics["density"]), title=f"{inp}: latent firing density")
+    # plotly.js embedded in the file: the page opens offline, no CDN request
+    fig.write_html(path / "density.html", include_plotlyjs=True, full_html=True)
     return metrics

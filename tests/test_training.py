@@ -41,6 +41,8 @@ def test_cli_train_then_evaluate(tiny_cache, tmp_path):
     assert m["heldout_tokens"] >= 1000
     assert m["ce_recovered_zero"] > m["ce_recovered_mean"] - 1  # both computed
     assert {"ce_clean", "ce_dict", "kl_clean_to_dict", "dense_fraction"} <= set(m)
+    assert (folder / "density.html").stat().st_size > 1_000_000  # plotly.js embedded: opens offline
+    assert not __import__("re").search(r"<script[^>]+src=", (folder / "density.html").read_text())
     d = dl.load(folder)  # works on raw activations: the normalization is folded in
     assert d.cfg.k == 8 and d.cfg.n_latents == 128
 
