@@ -142,6 +142,7 @@ class ActivationStore(_Resumable):
         if not self.shards or not all(0 <= s < len(first["shards"]) for s in self.shards):
             raise ValueError(f"shards must be a non-empty subset of 0..{len(first['shards']) - 1}, got {shards}")
         self.n_tokens = sum(int(first["shards"][s]["rows"]) for s in self.shards)
+        self._verified: set[tuple[str, int]] = set()
         self.d = {k: int(m["d"]) for k, m in self.manifests.items()}
 
     def __len__(self) -> int:
@@ -151,8 +152,11 @@ class ActivationStore(_Resumable):
 
     def _chunks(self, order: list[int]) -> Iterator[Batch]:
         for s in order:
-            yield {k: load_shard(self.folders[k], m["shards"][s], self.verify)["activations"].to(self.dtype)
-                   for k, m in self.manifests.items()}
+            # each shard's checksum is checked the first time it is read, not on every epoch
+            chunk = {k: load_shard(self.folders[k], m["shards"][s], self.verify and (k, s) not in self._verified)
+                     ["activations"].to(self.dtype) for k, m in self.manifests.items()}
+            self._verified.update((k, s) for k in self.manifests)
+            yield chunk
 
     def _batches(self, epoch: int) -> Iterator[Batch]:
         gen = torch.Generator().manual_seed(self.seed + epoch)

@@ -90,3 +90,19 @@ def test_streaming_source_yields_the_cached_rows(tiny_model, cache):
     a, b = got[torch.argsort(got[:, 0])], ref[torch.argsort(ref[:, 0])]
     assert (a - b).abs().max() < 1e-4
     assert stream.stats["peak_rows"] <= 1000 + 4 * 64
+
+
+def test_corrupt_shard_named_by_the_store(cache, tmp_path):
+    import shutil
+
+    from autointerp.activations import CacheError
+
+    copy = tmp_path / "c"
+    shutil.copytree(cache[HP[0]], copy)
+    victim = copy / "shard-00002.safetensors"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match=r"shard-00002\.safetensors is corrupt"):
+        for _ in ActivationStore(copy, batch_size=64, buffer_size=512, shuffle=False):
+            pass
