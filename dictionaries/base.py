@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .kernels import Selection, decode_selected, selected_pre_activations
+
 __all__ = [
     "REGISTRY",
     "Dictionary",
@@ -188,8 +190,9 @@ class DictionaryOutput(NamedTuple):
     x_hat: Tensor
     """``[..., d_out]`` reconstruction of the target (including the skip path if any)."""
 
-    latents: Tensor
-    """``[..., F]`` latent activations ``z``."""
+    latents: Tensor | None
+    """``[..., F]`` latent activations ``z``; None when ``forward(..., dense_latents=False)`` and
+    the architecture has a sparse path (TopK, BatchTopK in training)."""
 
     loss: Tensor
     """Total training loss ``recon_loss + sparsity_loss + auxk_loss``."""
@@ -213,6 +216,9 @@ class DictionaryOutput(NamedTuple):
 
     l0: Tensor
     """Mean number of non-zero latents per token (detached)."""
+
+    fired: Tensor
+    """``[F]`` bool: the latent is non-zero for at least one token of the batch (detached)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -239,6 +245,11 @@ class Dictionary(nn.Module, ABC):
     """
 
     arch: ClassVar[str] = ""
+
+    use_sparse_kernels: bool = True
+    """Train through the sparse path when the architecture has one (:meth:`has_selection`).
+    Set to False (on the class or an instance) for plain autograd through the dense
+    pre-activations: same results to float rounding, slower; kept as the reference."""
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__()
@@ -275,13 +286,25 @@ class Dictionary(nn.Module, ABC):
     def activation(self, pre_BF: Tensor) -> Latents:
         """Map pre-activations ``[..., F]`` to latents. May depend on ``self.training``."""
 
+    def has_selection(self) -> bool:
+        """Whether :meth:`select` applies in the current mode (default: never)."""
+        return False
+
+    def select(self, pre_NF: Tensor) -> tuple[Selection, Tensor]:
+        """Sparse path: the active entries of the (graph-less) pre-activations ``[N, F]`` and their
+        values ``[M]`` *before* the ReLU, which :meth:`forward` applies. Must give the same
+        latents as ``activation(pre_NF).dense`` (entries whose ReLU is 0 may be included)."""
+        raise NotImplementedError(f"{type(self).__name__} has no sparse selection")
+
     def sparsity_loss(self, pre_BF: Tensor, latents: Latents) -> Tensor:
         """Weighted sparsity penalty (scalar). Default: none."""
         return pre_BF.new_zeros(())
 
-    def auxk_loss(self, pre_BF: Tensor, residual_BO: Tensor, dead_mask_F: Tensor | None) -> Tensor:
-        """Auxiliary loss on dead latents (scalar). Default: none."""
-        return pre_BF.new_zeros(())
+    def auxk_loss(self, pre_NF: Tensor, residual_NO: Tensor, dead_mask_F: Tensor | None,
+                  x_ND: Tensor | None = None) -> Tensor:
+        """Auxiliary loss on dead latents (scalar). Default: none. ``pre_NF`` may carry no graph
+        (sparse path): take differentiable entries with :meth:`pre_at` (it needs ``x_ND``)."""
+        return pre_NF.new_zeros(())
 
     # ---- the model ------------------------------------------------------------------
 
@@ -342,7 +365,12 @@ class Dictionary(nn.Module, ABC):
         return einops.einsum(x, self.W_skip, "... d, d o -> ... o")
 
     def forward(
-        self, x: Tensor, target: Tensor | None = None, dead_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        target: Tensor | None = None,
+        dead_mask: Tensor | None = None,
+        *,
+        dense_latents: bool = True,
     ) -> DictionaryOutput:
         """Reconstruct ``target`` (default ``x``) from ``x`` and compute the training losses.
 
@@ -351,6 +379,9 @@ class Dictionary(nn.Module, ABC):
             target: ``[..., d_out]`` what to reconstruct; required when ``d_out != d_in``
                 (transcoder: e.g. the MLP output for the MLP input ``x``).
             dead_mask: ``[F]`` bool, True for latents the trainer considers dead (AuxK only).
+            dense_latents: False lets an architecture with a sparse path (see :meth:`select`)
+                skip building the ``[..., F]`` latents; ``latents`` is then None (use ``l0`` and
+                ``fired``). The trainer passes False; every other output is unchanged.
         """
         check_width(x, self.cfg.d_in, "x")
         if target is None:
@@ -369,39 +400,82 @@ class Dictionary(nn.Module, ABC):
                 f"dead_mask: expected shape ({self.cfg.n_latents},), got {tuple(dead_mask.shape)}"
             )
 
-        pre_BF = self.pre_activation(x)
-        latents = self.activation(pre_BF)
-        if latents.top_indices is not None and latents.top_acts is not None:
-            x_hat_BO = self.decode_sparse(latents.top_indices, latents.top_acts, x)
+        lead = x.shape[:-1]
+        x_ND = x.reshape(-1, self.cfg.d_in)
+        if self.use_sparse_kernels and self.has_selection():
+            # Sparse path: the pre-activations are computed without a graph; only the selected
+            # entries get one (kernels.selected_pre_activations), so the backward never forms
+            # the dense [N, F] gradient nor its [N, d_in] x [N, F] GEMM.
+            with torch.no_grad():
+                pre_NF = torch.addmm(self.b_enc, x_ND, self.W_enc)
+            sel, values_M = self.select(pre_NF)
+            acts_M = torch.relu(self.pre_at(pre_NF, sel, x_ND, values_M))
+            x_hat_NO = decode_selected(acts_M, self.W_dec, sel)
+            dense_NF = sel.to_dense(acts_M) if dense_latents else None
+            with torch.no_grad():
+                l0 = (acts_M != 0).sum().float() / max(sel.n_tokens, 1)
+                fired_F = sel.fired(acts_M)
+            sparsity_loss = pre_NF.new_zeros(())
         else:
-            x_hat_BO = self.decode(latents.dense, x)
+            pre_NF = self.pre_activation(x_ND)
+            latents = self.activation(pre_NF)
+            if latents.top_indices is not None and latents.top_acts is not None:
+                x_hat_NO = F.embedding_bag(latents.top_indices, self.W_dec,
+                                           per_sample_weights=latents.top_acts, mode="sum")
+            else:
+                x_hat_NO = latents.dense @ self.W_dec
+            dense_NF = latents.dense
+            with torch.no_grad():
+                nonzero_NF = latents.dense != 0
+                l0 = nonzero_NF.sum(-1).float().mean()
+                fired_F = nonzero_NF.any(0)
+            sparsity_loss = self.sparsity_loss(pre_NF, latents)
 
+        x_hat_BO = (x_hat_NO + self.b_dec).reshape(*lead, self.cfg.d_out) + self._skip(x)
         error_BO = target - x_hat_BO
         recon_loss = error_BO.pow(2).sum(-1).mean()
-        sparsity_loss = self.sparsity_loss(pre_BF, latents)
-        auxk_loss = self.auxk_loss(pre_BF, error_BO.detach(), dead_mask)
+        error_NO = error_BO.detach().reshape(-1, self.cfg.d_out)
+        auxk_loss = self.auxk_loss(pre_NF, error_NO, dead_mask, x_ND)
         with torch.no_grad():
             target_ND = target.reshape(-1, target.shape[-1])
             total_var = (target_ND - target_ND.mean(0)).pow(2).sum()
-            fvu = error_BO.pow(2).sum() / total_var
-            l0 = (latents.dense != 0).sum(-1).float().mean()
+            fvu = error_NO.pow(2).sum() / total_var
         return DictionaryOutput(
             x_hat=x_hat_BO,
-            latents=latents.dense,
+            latents=None if dense_NF is None else dense_NF.reshape(*lead, self.cfg.n_latents),
             loss=recon_loss + sparsity_loss + auxk_loss,
             recon_loss=recon_loss,
             sparsity_loss=sparsity_loss,
             auxk_loss=auxk_loss,
             fvu=fvu,
             l0=l0,
+            fired=fired_F,
         )
+
+    def pre_at(self, pre_NF: Tensor, sel: Selection, x_ND: Tensor | None,
+               values_M: Tensor | None = None) -> Tensor:
+        """``pre_NF [N, F]`` at the entries ``sel`` -> ``[M]``, differentiable w.r.t. the encoder.
+
+        If ``pre_NF`` carries a graph this is a plain gather; if it was computed without one
+        (the sparse path), the gradient goes through :func:`kernels.selected_pre_activations`
+        from ``x_ND [N, d_in]`` (without ``x_ND`` the entries get no gradient).
+        ``values_M``: the entries if already at hand (e.g. from topk).
+        """
+        if pre_NF.requires_grad:
+            return pre_NF[sel.token_M, sel.latent_M]
+        if values_M is None:
+            values_M = pre_NF[sel.token_M, sel.latent_M]
+        if x_ND is None:
+            return values_M
+        return selected_pre_activations(values_M, x_ND, self.W_enc, self.b_enc, sel)
 
     # ---- decoder-norm constraint (called by the trainer) ----------------------------
 
     @torch.no_grad()
     def set_decoder_norm_to_unit_(self) -> None:
         """Rescale every decoder row ``W_dec[i]`` to unit L2 norm."""
-        self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).tiny)
+        norm_F1 = torch.linalg.vector_norm(self.W_dec, dim=-1, keepdim=True)
+        self.W_dec /= norm_F1.clamp_min(torch.finfo(self.W_dec.dtype).tiny)
 
     @torch.no_grad()
     def remove_parallel_decoder_grad_(self) -> None:
@@ -409,8 +483,8 @@ class Dictionary(nn.Module, ABC):
         small step moves rows tangentially to the unit sphere: ``g_i -= (g_i . w_i) w_i``."""
         if self.W_dec.grad is None:
             return
-        parallel_F = einops.einsum(self.W_dec.grad, self.W_dec, "f o, f o -> f")
-        self.W_dec.grad -= einops.einsum(parallel_F, self.W_dec, "f, f o -> f o")
+        parallel_F = torch.linalg.vecdot(self.W_dec.grad, self.W_dec)
+        self.W_dec.grad.addcmul_(parallel_F[:, None], self.W_dec, value=-1)  # in place, one pass
 
     # ---- scale folding --------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .base import DictionaryConfig, Latents, register
+from .kernels import Selection
 from .topk import AuxKMixin
 
 __all__ = ["BatchTopKDictionary"]
@@ -46,18 +47,36 @@ class BatchTopKDictionary(AuxKMixin):
             return Latents(dense=torch.zeros_like(acts_BF).scatter(-1, top_idx, top_acts))
         return Latents(dense=acts_BF * (acts_BF > self.threshold))
 
+    def has_selection(self) -> bool:
+        return self.training
+
+    def select(self, pre_NF: Tensor) -> tuple[Selection, Tensor]:
+        # Selecting on pre rather than ReLU(pre) only changes which zero-valued entries are
+        # picked when fewer than k * N are positive; they contribute nothing either way.
+        n_tokens, n_latents = pre_NF.shape
+        flat = pre_NF.reshape(-1)
+        values_M, flat_M = flat.topk(min(self.cfg.k * n_tokens, flat.numel()), sorted=False)
+        flat_M, order = flat_M.sort()
+        values_M = values_M[order]
+        self._update_threshold(values_M)
+        return Selection.from_flat(flat_M, n_tokens, n_latents), values_M
+
     def _batch_topk(self, acts_BF: Tensor) -> Tensor:
         n_tokens = acts_BF.numel() // acts_BF.shape[-1]
         flat = acts_BF.reshape(-1)
         top_acts, top_idx = flat.topk(min(self.cfg.k * n_tokens, flat.numel()), sorted=False)
         dense = torch.zeros_like(flat).scatter(-1, top_idx, top_acts).reshape(acts_BF.shape)
-        with torch.no_grad():
-            positive = top_acts[top_acts > 0]
-            if positive.numel() > 0:
-                batch_min = positive.min()
-                if self.threshold < 0:
-                    self.threshold.copy_(batch_min)
-                else:
-                    m = self.cfg.threshold_momentum
-                    self.threshold.mul_(m).add_(batch_min, alpha=1 - m)
+        self._update_threshold(top_acts)
         return dense
+
+    @torch.no_grad()
+    def _update_threshold(self, top_values: Tensor) -> None:
+        """EMA of the smallest positive selected value (no update if none is positive)."""
+        positive = top_values[top_values > 0]
+        if positive.numel() > 0:
+            batch_min = positive.min()
+            if self.threshold < 0:
+                self.threshold.copy_(batch_min)
+            else:
+                m = self.cfg.threshold_momentum
+                self.threshold.mul_(m).add_(batch_min, alpha=1 - m)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .base import Dictionary, DictionaryConfig, Latents, register
+from .kernels import Selection, decode_selected
 
 __all__ = ["AuxKMixin", "TopKDictionary"]
 
@@ -25,7 +26,8 @@ __all__ = ["AuxKMixin", "TopKDictionary"]
 class AuxKMixin(Dictionary):
     """AuxK loss of Gao et al. for any architecture whose sparsity is set by k (no penalty)."""
 
-    def auxk_loss(self, pre_BF: Tensor, residual_BO: Tensor, dead_mask_F: Tensor | None) -> Tensor:
+    def auxk_loss(self, pre_NF: Tensor, residual_NO: Tensor, dead_mask_F: Tensor | None,
+                  x_ND: Tensor | None = None) -> Tensor:
         """``aux_coeff * sum ||e - e_hat||^2 / sum ||e - mean_tokens(e)||^2`` (scalar).
 
         ``e_hat = ReLU(top k_aux of the dead latents' pre-activations) @ W_dec`` (no bias: it
@@ -33,19 +35,19 @@ class AuxKMixin(Dictionary):
         ``dead_mask_F`` is None or has no dead latent.
         """
         if dead_mask_F is None or self.cfg.aux_coeff == 0:
-            return pre_BF.new_zeros(())
+            return pre_NF.new_zeros(())
         dead_mask_F = dead_mask_F.bool()
         n_dead = int(dead_mask_F.sum())
         if n_dead == 0:
-            return pre_BF.new_zeros(())
+            return pre_NF.new_zeros(())
         k_aux = min(self.cfg.aux_k, n_dead)
-        pre_ND = pre_BF.reshape(-1, pre_BF.shape[-1])
-        e_NO = residual_BO.reshape(-1, residual_BO.shape[-1])
-        dead_pre_ND = pre_ND.masked_fill(~dead_mask_F, float("-inf"))
-        acts_NK, idx_NK = dead_pre_ND.topk(k_aux, dim=-1, sorted=False)
-        e_hat_NO = torch.nn.functional.embedding_bag(
-            idx_NK, self.W_dec, per_sample_weights=torch.relu(acts_NK), mode="sum"
-        )
+        with torch.no_grad():
+            dead_pre_NF = pre_NF.masked_fill(~dead_mask_F, float("-inf"))
+            values_NK, idx_NK = dead_pre_NF.topk(k_aux, dim=-1, sorted=False)
+        sel = Selection.per_token(idx_NK, self.cfg.n_latents)
+        acts_M = torch.relu(self.pre_at(pre_NF, sel, x_ND, values_NK.reshape(-1)))
+        e_hat_NO = decode_selected(acts_M, self.W_dec, sel)
+        e_NO = residual_NO
         total_var = (e_NO - e_NO.mean(0)).pow(2).sum().clamp_min(torch.finfo(e_NO.dtype).tiny)
         return self.cfg.aux_coeff * (e_hat_NO - e_NO).pow(2).sum() / total_var
 
@@ -64,3 +66,10 @@ class TopKDictionary(AuxKMixin):
         top_acts = torch.relu(top_acts)
         dense = torch.zeros_like(pre_BF).scatter(-1, top_indices, top_acts)
         return Latents(dense=dense, top_indices=top_indices, top_acts=top_acts)
+
+    def has_selection(self) -> bool:
+        return True
+
+    def select(self, pre_NF: Tensor) -> tuple[Selection, Tensor]:
+        values_NK, idx_NK = pre_NF.topk(self.cfg.k, dim=-1, sorted=False)
+        return Selection.per_token(idx_NK, self.cfg.n_latents), values_NK.reshape(-1)
