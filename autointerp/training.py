@@ -88,7 +88,7 @@ def train_from_cache(job: TrainJob, resume: bool = False, progress: bool = True)
     steps = len(store) * job.epochs
     if steps == 0:
         raise ValueError(f"the training split holds {store.n_tokens} tokens, fewer than one batch of {job.batch_size}")
-    cfg = dl.TrainConfig(steps=steps, warmup_steps=min(1000, steps // 10), seed=job.seed, lr=job.lr,
+    cfg = dl.TrainConfig(steps=steps, seed=job.seed, lr=job.lr,
                          checkpoint_every=job.checkpoint_every, progress=progress)
     specs = _specs(job, manifests)
     trained = dl.Trainer(specs, cfg, job.out).train(store, resume=resume)

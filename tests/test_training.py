@@ -15,8 +15,8 @@ from autointerp.training import TrainJob, train_from_cache
 from helpers import run_cli
 
 HP = "blocks.2.hook_out"
-# measured 2026-11-25 (CPU, torch 2.13): held-out FVU 0.514 of the real-model run below
-PINNED_FVU = 0.514
+# measured 2026-11-25 (CPU, torch 2.13, default lr): held-out FVU 0.334 of the real-model run below
+PINNED_FVU = 0.334
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_short_run_on_real_activations(real_model, tmp_path_factory):
     assert m["l0"] == pytest.approx(16, abs=0.5)
     assert m["fvu"] == pytest.approx(PINNED_FVU, abs=0.05)
     assert m["ce_clean"] < m["ce_dict"] < m["ce_mean_ablation"]
-    assert m["ce_recovered_mean"] > 0.3
+    assert m["ce_recovered_mean"] > 0.8  # measured 0.898
 
 
 

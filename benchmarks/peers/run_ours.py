@@ -7,7 +7,6 @@ timed; the metrics are those of ``_common.evaluate`` (identical for every runner
 
 from __future__ import annotations
 
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +29,7 @@ def main() -> None:
     steps = n // args.batch  # one pass; the ragged tail is dropped by the source
     cfg = dl.DictionaryConfig(arch="topk", d_in=d_in, n_latents=args.latents, k=args.k)
     spec = dl.DictionarySpec(name="sae", cfg=cfg, input_key=KEY)
-    train_cfg = dl.TrainConfig(steps=steps, warmup_steps=min(1000, math.ceil(steps / 10)), seed=args.seed,
+    train_cfg = dl.TrainConfig(steps=steps, seed=args.seed,
                                progress=False)
     source = dl.TensorBatchSource({KEY: train}, batch_size=args.batch, seed=args.seed)
     with tempfile.TemporaryDirectory() as out:

@@ -60,7 +60,8 @@ def make_spec(arch: str, mode: str = "sae", name: str | None = None, **overrides
 
 
 def quick_train_cfg(steps: int, **overrides) -> dl.TrainConfig:
-    kwargs = dict(steps=steps, lr=3e-3, warmup_steps=max(steps // 20, 1), progress=False,
+    # one learning rate for encoder and decoder: the synthetic problems here were tuned for it
+    kwargs = dict(steps=steps, lr=3e-3, encoder_lr_scale=1.0, warmup_steps=max(steps // 20, 1), progress=False,
                   dead_after_tokens=256 * 50)
     kwargs.update(overrides)
     return dl.TrainConfig(**kwargs)

@@ -77,10 +77,23 @@ def test_lr_schedule_and_default_lr():
     assert all(f == 1.0 for f in factors[10:80])
     assert factors[80] == 1.0 and factors[90] == pytest.approx(0.5) and factors[99] == pytest.approx(0.05)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
-    assert cfg.lr_for(16384) == pytest.approx(2e-4)
-    assert cfg.lr_for(16384 * 4) == pytest.approx(1e-4)
+    assert cfg.lr_for(16384) == pytest.approx(3e-3)
+    assert cfg.lr_for(16384 * 4) == pytest.approx(1.5e-3)
+    assert dl.TrainConfig(steps=100).warmup_steps == 10 and dl.TrainConfig(steps=5).warmup_steps == 1
     assert dl.TrainConfig(steps=5, warmup_steps=0, lr=1e-3).lr_for(16384 * 4) == 1e-3
     assert cfg.betas == (0.9, 0.999) and cfg.eps == 6.25e-10
+
+
+def test_encoder_learns_at_a_scaled_rate():
+    """The optimizer's encoder group gets lr * encoder_lr_scale, the decoder group lr."""
+    spec = make_spec("topk", "sae")
+    trainer = dl.Trainer([spec], dl.TrainConfig(steps=4, lr=1e-3, encoder_lr_scale=0.25, progress=False), "/unused")
+    run = trainer._new_run(spec)
+    groups = {tuple(id(p) for p in g["params"]): g["lr_scale"] for g in run.optimizer.param_groups}
+    assert groups[(id(run.model.W_enc), id(run.model.b_enc))] == 0.25
+    assert sorted(groups.values()) == [0.25, 1.0]
+    with pytest.raises(ValueError, match="encoder_lr_scale"):
+        dl.TrainConfig(steps=4, encoder_lr_scale=0.0)
 
 
 @pytest.mark.parametrize(
