@@ -34,14 +34,14 @@ def test_hookpoints_lists_names_with_shapes(tiny_model_dir):
 def test_demo_caches_the_real_model(tmp_path, real_model):
     """`make demo` with a small budget: the real model's activations land where it says, and a
     dictionary is trained and evaluated on them."""
-    proc = subprocess.run(["make", "-s", "demo", f"DEMO_OUT={tmp_path}", "DEMO_TOKENS=3000", "DEMO_SHARD=8",
-                           "DEMO_HELDOUT=700", "DEMO_LATENTS=256", "DEMO_BATCH=256", "DEMO_EVAL_CONTEXTS=4"],
+    proc = subprocess.run(["make", "-s", "demo", f"DEMO_OUT={tmp_path}", "DEMO_TOKENS=4000", "DEMO_SHARD=16",
+                           "DEMO_HELDOUT=1000", "DEMO_LATENTS=256", "DEMO_BATCH=256", "DEMO_EVAL_CONTEXTS=4"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = tmp_path / "activations" / "blocks.15.hook_out"
     assert str(folder) in proc.stdout
     m = read_manifest(folder)
-    assert (m["tokens"], m["d"], m["model"]["spec"]) == (3000, 576, "smollm2-135m")
+    assert (m["tokens"], m["d"], m["model"]["spec"]) == (4000, 576, "smollm2-135m")
     shard = next(iter_shards(folder))
     ctx = shard["contexts"][:2].long()
     hidden = plain_hidden_states(real_model.source, ctx)[16]
