@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
@@ -42,6 +43,7 @@ from autointerp import __version__
 from autointerp.data import ContextConfig, Contexts, make_contexts, open_corpus
 from autointerp.distributed import barrier, rank_and_world
 from autointerp.models import DTYPES, LoadedModel, capture, load_model, validate_hookpoints
+from autointerp.models.embedded import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,14 @@ class CacheWriter:
     def hook_dir(self, hookpoint: str) -> Path:
         return self.out / hookpoint
 
+    def shard_span(self, s: int) -> tuple[int, int]:
+        """[lo, hi) global context indices of shard ``s``."""
+        return s * self.cfg.shard_contexts, min((s + 1) * self.cfg.shard_contexts, len(self.contexts.tokens))
+
+    def shard_rows(self, s: int) -> int:
+        lo, hi = self.shard_span(s)
+        return int(self.contexts.keep[lo:hi].sum())
+
     # -- state of an existing folder ---------------------------------------------------
     def _prepare(self, hookpoint: str) -> bool:
         """Check ``hookpoint``'s folder; return True when its cache is already complete."""
@@ -188,7 +198,7 @@ class CacheWriter:
     # -- computing ---------------------------------------------------------------------
     def _shard_tensors(self, s: int) -> dict[str, dict[str, Tensor]]:
         cfg, c = self.cfg, self.contexts
-        lo, hi = s * cfg.shard_contexts, min((s + 1) * cfg.shard_contexts, len(c.tokens))
+        lo, hi = self.shard_span(s)
         acts: dict[str, list[Tensor]] = {h: [] for h in cfg.hookpoints}
         for b in range(lo, hi, cfg.batch_size):
             ids = c.tokens[b:min(b + cfg.batch_size, hi)].to(self.model.device)
@@ -224,12 +234,10 @@ class CacheWriter:
         missing = [s for s in mine
                    if any(not (self.hook_dir(h) / shard_name(s)).exists() for h in todo_hooks)]
         rows_total = self.contexts.n_kept
-        bar = tqdm(total=sum(int(self.contexts.keep[s * self.cfg.shard_contexts:(s + 1) * self.cfg.shard_contexts]
-                                 .sum()) for s in mine),
+        bar = tqdm(total=sum(self.shard_rows(s) for s in mine),
                    unit="tok", unit_scale=True, desc=f"cache[{rank}]" if world > 1 else "cache",
                    disable=not self.progress or not todo_hooks, smoothing=0.1)
         for s in mine:
-            n = int(self.contexts.keep[s * self.cfg.shard_contexts:(s + 1) * self.cfg.shard_contexts].sum())
             if s in missing:
                 for h, tensors in self._shard_tensors(s).items():
                     if h in todo_hooks:
@@ -239,7 +247,7 @@ class CacheWriter:
                                                           "fingerprint": self.identity["fingerprint"]},
                                                          sort_keys=True)}
                         _atomic_write(self.hook_dir(h) / shard_name(s), st_save(tensors, metadata=meta))
-            bar.update(n)
+            bar.update(self.shard_rows(s))
         bar.close()
         barrier()
         if rank == 0:
@@ -253,12 +261,10 @@ class CacheWriter:
         shards = []
         for s in range(self.n_shards):
             f = d / shard_name(s)
-            data = f.read_bytes()
-            rows = int(self.contexts.keep[s * self.cfg.shard_contexts:(s + 1) * self.cfg.shard_contexts].sum())
-            shards.append({"file": f.name, "rows": rows, "sha256": hashlib.sha256(data).hexdigest(),
-                           "contexts": [s * self.cfg.shard_contexts,
-                                        min((s + 1) * self.cfg.shard_contexts, len(self.contexts.tokens))]})
-        d_act = st_load((d / shard_name(0)).read_bytes())["activations"].shape[1]
+            shards.append({"file": f.name, "rows": self.shard_rows(s), "sha256": sha256_file(f),
+                           "contexts": list(self.shard_span(s))})
+        with safe_open(d / shard_name(0), framework="pt") as f:
+            d_act = f.get_slice("activations").get_shape()[1]
         manifest = {
             **self.identity,
             "hookpoint": hookpoint,
