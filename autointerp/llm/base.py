@@ -1,0 +1,130 @@
+"""The interface every language-model client implements.
+
+A client turns chat messages into a :class:`Completion`. Transport problems (rate limits,
+timeouts, dropped connections, refusals, unparseable replies) never raise: they come back
+as a ``Completion`` whose ``status`` says what happened and whose ``text`` is ``None``, so a
+caller can never mistake a failure for an answer. Programming errors (bad arguments) raise
+``ValueError``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Literal, TypedDict
+
+Role = Literal["system", "user", "assistant"]
+Status = Literal["ok", "parse_error", "timeout", "rate_limited", "refused", "error"]
+STATUSES: tuple[str, ...] = ("ok", "parse_error", "timeout", "rate_limited", "refused", "error")
+
+
+class Message(TypedDict):
+    """One chat turn, as in the OpenAI chat API: ``{"role": "user", "content": "..."}``."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token and its log-probability (natural log, so always <= 0)."""
+
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """One generated token, its log-probability and the top alternatives at that position."""
+
+    token: str
+    """the token that was generated, as text."""
+    logprob: float
+    """log p(token | prefix) under the model."""
+    top: list[TokenLogprob] = field(default_factory=list)
+    """the most likely tokens at this position, most likely first (may include ``token``)."""
+
+
+@dataclass
+class Completion:
+    """The outcome of one request: an answer (``status == "ok"``) or a described failure."""
+
+    text: str | None
+    """the generated text; ``None`` unless ``status == "ok"``."""
+    status: Status
+    error: str | None = None
+    """what went wrong, for humans; ``None`` when ``status == "ok"``."""
+    logprobs: list[TokenLogprobs] | None = None
+    """per generated token, when log-probabilities were requested and returned."""
+    model: str = ""
+    cached: bool = False
+    """True when served from a :class:`~autointerp.llm.cache.ResponseCache` (no model call)."""
+    latency_s: float = 0.0
+    """wall-clock time of the call, retries and back-off included."""
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}; expected one of {STATUSES}")
+        if self.status == "ok" and self.text is None:
+            raise ValueError("an ok Completion needs text")
+        if self.status != "ok" and self.text is not None:
+            raise ValueError(f"a failed Completion ({self.status}) must have text None")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Completion:
+        lps = d.get("logprobs")
+        if lps is not None:
+            lps = [TokenLogprobs(token=t["token"], logprob=t["logprob"],
+                                 top=[TokenLogprob(**a) for a in t.get("top", [])]) for t in lps]
+        return cls(**{**d, "logprobs": lps})
+
+
+def validate_request(messages: list[Message], max_tokens: int, temperature: float, logprobs: int | None,
+                     supports_logprobs: bool) -> None:
+    """Raise ``ValueError`` for arguments no model could serve (a caller bug, not a transport failure)."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
+    for m in messages:
+        if not isinstance(m, dict) or set(m) != {"role", "content"} or not isinstance(m["content"], str):
+            raise ValueError(f"bad message {m!r}: expected exactly {{'role': str, 'content': str}}")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"bad role {m['role']!r}")
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if logprobs is not None:
+        if not supports_logprobs:
+            raise ValueError("this client does not support logprobs")
+        if not isinstance(logprobs, int) or not 0 <= logprobs <= 20:
+            raise ValueError(
+                f"logprobs (top alternatives per token) must be an int in [0, 20], got {logprobs!r}")
+
+
+class LLMClient(ABC):
+    """Chat model client: one abstract method, :meth:`generate`.
+
+    ``generate_many`` defaults to calling ``generate`` in order; clients override it with
+    batching (local models) or bounded concurrency (HTTP APIs). Either way the i-th result
+    answers the i-th request.
+    """
+
+    model: str = ""
+    supports_logprobs: bool = False
+
+    @abstractmethod
+    def generate(self, messages: list[Message], *, max_tokens: int, temperature: float = 0.0,
+                 logprobs: int | None = None) -> Completion:
+        """Complete one conversation. ``logprobs=n`` asks for the top-n alternatives per token."""
+
+    def generate_many(self, conversations: list[list[Message]], *, max_tokens: int, temperature: float = 0.0,
+                      logprobs: int | None = None) -> list[Completion]:
+        return [self.generate(m, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs)
+                for m in conversations]

@@ -1,0 +1,136 @@
+"""A client that runs a local causal LM with transformers, in batches.
+
+Prompts are rendered with the tokenizer's chat template and LEFT-padded by hand (the shared
+tokenizer's ``padding_side`` is global state we do not touch), so every row's last prompt
+token sits at the same position and generation continues all rows in step. Greedy when
+``temperature == 0``, plain temperature sampling otherwise.
+
+Log-probabilities come from the raw logits of each generation step
+(``output_logits=True``): ``logprob_t = log_softmax(logits_t)[token_t]``. Raw logits, not
+the processed ``scores``, because processors (temperature, top-k) would change the numbers
+into something that is not the model's distribution.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from autointerp.llm.base import Completion, LLMClient, Message, TokenLogprob, TokenLogprobs, validate_request
+from autointerp.llm.cache import ResponseCache
+
+
+class LocalClient(LLMClient):
+    supports_logprobs = True
+
+    def __init__(self, model, device: str = "cpu", batch_size: int = 8, max_new_tokens: int = 512,
+                 cache: ResponseCache | None = None):
+        """``model``: a model spec for :func:`autointerp.models.load_model`, or a ``LoadedModel``.
+
+        ``max_new_tokens`` is a ceiling: a request for more raises ``ValueError``.
+        """
+        if batch_size < 1 or max_new_tokens < 1:
+            raise ValueError("batch_size and max_new_tokens must be >= 1")
+        if isinstance(model, str):
+            from autointerp.models import load_model
+
+            model = load_model(model, device=device)
+        self.loaded = model
+        self.model = model.spec
+        self.hf_model = model.hf_model
+        self.tokenizer = model.tokenizer
+        self.device = str(next(self.hf_model.parameters()).device)
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.cache = cache
+        tok = self.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        eos = self.hf_model.generation_config.eos_token_id
+        eos = eos if eos is not None else tok.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos])
+
+    def __repr__(self) -> str:
+        return f"LocalClient(model={self.model!r}, device={self.device!r}, batch_size={self.batch_size})"
+
+    def generate(self, messages: list[Message], *, max_tokens: int, temperature: float = 0.0,
+                 logprobs: int | None = None) -> Completion:
+        return self.generate_many([messages], max_tokens=max_tokens, temperature=temperature,
+                                  logprobs=logprobs)[0]
+
+    def generate_many(self, conversations: list[list[Message]], *, max_tokens: int, temperature: float = 0.0,
+                      logprobs: int | None = None) -> list[Completion]:
+        for m in conversations:
+            validate_request(m, max_tokens, temperature, logprobs, True)
+        if max_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"max_tokens={max_tokens} exceeds this client's max_new_tokens={self.max_new_tokens}")
+        params = {"max_tokens": max_tokens, "temperature": temperature, "logprobs": logprobs}
+        results: list[Completion | None] = [None] * len(conversations)
+        todo = []
+        for i, m in enumerate(conversations):
+            hit = self.cache.get(self.model, m, params) if self.cache is not None else None
+            if hit is not None:
+                results[i] = hit
+            else:
+                todo.append(i)
+        # Similar lengths together: less padding per batch.
+        prompts = {i: self.prompt_ids(conversations[i]) for i in todo}
+        todo.sort(key=lambda i: len(prompts[i]))
+        for start in range(0, len(todo), self.batch_size):
+            idx = todo[start:start + self.batch_size]
+            t0 = time.monotonic()
+            outs = self._generate_batch([prompts[i] for i in idx], max_tokens, temperature, logprobs)
+            latency = (time.monotonic() - t0) / len(idx)  # the batch's time, shared among its rows
+            for i, c in zip(idx, outs):
+                c.latency_s = latency
+                if self.cache is not None:
+                    self.cache.put(self.model, conversations[i], params, c)
+                results[i] = c
+        return results
+
+    def prompt_ids(self, messages: list[Message]) -> list[int]:
+        """Token ids of the chat-templated conversation, ending with the assistant's turn opening."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @torch.inference_mode()
+    def _generate_batch(self, prompts: list[list[int]], max_tokens: int, temperature: float,
+                        logprobs: int | None) -> list[Completion]:
+        width = max(len(p) for p in prompts)
+        ids_BP = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask_BP = torch.zeros((len(prompts), width), dtype=torch.long)
+        for b, p in enumerate(prompts):  # left padding: the prompt ends at the last column
+            ids_BP[b, width - len(p):] = torch.tensor(p)
+            mask_BP[b, width - len(p):] = 1
+        sampling = ({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+                    if temperature > 0 else {"do_sample": False})
+        out = self.hf_model.generate(
+            input_ids=ids_BP.to(self.device), attention_mask=mask_BP.to(self.device),
+            max_new_tokens=max_tokens,
+            pad_token_id=self.pad_id, return_dict_in_generate=True, output_logits=logprobs is not None,
+            **sampling)
+        new_BT = out.sequences[:, width:].cpu()
+        if logprobs is not None:
+            logp_BTV = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1).cpu()
+        completions = []
+        for b in range(len(prompts)):
+            tokens = new_BT[b].tolist()
+            # Keep the tokens before the first stop token (rows that stopped early are padded after it).
+            n = next((t for t, tok in enumerate(tokens) if tok in self.stop_ids), len(tokens))
+            tokens = tokens[:n]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            lps = self._token_logprobs(logp_BTV[b], tokens, logprobs) if logprobs is not None else None
+            completions.append(Completion(text=text, status="ok", logprobs=lps, model=self.model))
+        return completions
+
+    def _token_logprobs(self, logp_TV: torch.Tensor, tokens: list[int], top_n: int) -> list[TokenLogprobs]:
+        decode = self.tokenizer.decode
+        result = []
+        for t, tok in enumerate(tokens):
+            top = []
+            if top_n > 0:
+                vals, alt_ids = logp_TV[t].topk(top_n)
+                top = [TokenLogprob(decode([a]), float(v)) for v, a in zip(vals.tolist(), alt_ids.tolist())]
+            result.append(TokenLogprobs(token=decode([tok]), logprob=float(logp_TV[t, tok]), top=top))
+        return result

@@ -1,0 +1,286 @@
+"""LLM clients: every failure mode of the HTTP client against a loopback fake server, the
+response cache, key hygiene, and the local transformers client on a tiny random Llama."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+
+import pytest
+
+from autointerp.llm import (
+    Completion, LocalClient, OpenAICompatibleClient, ResponseCache, TokenLogprobs, backoff_delay,
+    parse_retry_after)
+from fake_openai_server import FakeOpenAIServer, Reply
+
+KEY = "sk-test-SECRET-7f3a9c1e5b"
+MSGS = [{"role": "user", "content": "Say hello."}]
+
+
+@pytest.fixture
+def api_key(monkeypatch):
+    monkeypatch.setenv("FAKE_LLM_KEY", KEY)
+    return "FAKE_LLM_KEY"
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAIServer() as s:
+        yield s
+
+
+def make_client(server, api_key, **kw) -> OpenAICompatibleClient:
+    opts = {"timeout_s": 0.4, "max_retries": 2, "backoff_base_s": 0.01, "backoff_max_s": 0.05, **kw}
+    return OpenAICompatibleClient(server.base_url, "fake-model", api_key_env=api_key, **opts)
+
+
+# ---------------------------------------------------------------------------------------
+# Outcomes: status and number of attempts for every server behaviour.
+
+@pytest.mark.parametrize("replies, status, attempts", [
+    (["good"], "ok", 1),
+    (["garbage"], "parse_error", 1),
+    (["refuse"], "refused", 1),
+    (["429", "429", "429"], "rate_limited", 3),
+    (["500", "500", "500"], "error", 3),
+    ([Reply("stall", stall_s=1.0)] * 3, "timeout", 3),
+    (["drop", "drop", "drop"], "error", 3),
+    (["429", "500", "good"], "ok", 3),
+    (["drop", "good"], "ok", 2),
+    ([Reply("stall", stall_s=1.0), "good"], "ok", 2),
+    (["500", "500", "429"], "rate_limited", 3),
+    (["429", "429", "500"], "error", 3),
+])
+def test_status_and_retry_count(server, api_key, replies, status, attempts):
+    server.push(*replies)
+    c = make_client(server, api_key).generate(MSGS, max_tokens=8)
+    assert c.status == status, c.error
+    assert len(server.requests) == attempts
+    if status == "ok":
+        assert c.text == "hello world" and c.error is None
+    else:
+        assert c.text is None and c.error
+        assert f"after {attempts} attempt" in c.error
+
+
+def test_client_error_is_not_retried(server, api_key):
+    client = OpenAICompatibleClient(server.base_url.replace("/v1", "/nowhere"), "m", api_key_env=api_key,
+                                    max_retries=3, backoff_base_s=0.01)
+    c = client.generate(MSGS, max_tokens=8)
+    assert c.status == "error" and "HTTP 404" in c.error
+    assert len(server.requests) == 1
+
+
+def test_answer_from_callback_and_request_shape(server, api_key):
+    server.answer = lambda req: req["messages"][-1]["content"].upper()
+    c = make_client(server, api_key).generate(MSGS, max_tokens=7, temperature=0.5)
+    assert c.text == "SAY HELLO." and c.model == "fake-model" and not c.cached and c.latency_s > 0
+    body = server.requests[0].body
+    assert body["max_tokens"] == 7 and body["temperature"] == 0.5 and body["messages"] == MSGS
+    assert "logprobs" not in body
+
+
+def test_logprobs_requested_and_parsed(server, api_key):
+    c = make_client(server, api_key).generate(MSGS, max_tokens=8, logprobs=3)
+    body = server.requests[0].body
+    assert body["logprobs"] is True and body["top_logprobs"] == 3
+    assert [t.token for t in c.logprobs] == ["hello", " world"]
+    assert all(isinstance(t, TokenLogprobs) and len(t.top) == 3 and t.top[0].token == t.token
+               for t in c.logprobs)
+    assert c.logprobs[0].top[2].logprob == pytest.approx(-2.25)
+
+
+# ---------------------------------------------------------------------------------------
+# Timing: Retry-After honoured, back-off bounded.
+
+def test_retry_after_is_honoured(server, api_key):
+    server.push(Reply("429", retry_after="1"), "good")
+    t0 = time.monotonic()
+    c = make_client(server, api_key, backoff_max_s=0.01).generate(MSGS, max_tokens=8)
+    elapsed = time.monotonic() - t0
+    assert c.ok and len(server.requests) == 2
+    assert 0.9 <= server.requests[1].t_start - server.requests[0].t_start < 3.0
+    assert elapsed >= 0.9
+
+
+def test_retry_after_zero_retries_at_once(server, api_key):
+    server.push(Reply("429", retry_after="0"), Reply("429", retry_after="0"), "good")
+    t0 = time.monotonic()
+    c = make_client(server, api_key, backoff_base_s=10.0, backoff_max_s=10.0).generate(MSGS, max_tokens=8)
+    assert c.ok and len(server.requests) == 3
+    assert time.monotonic() - t0 < 1.0  # the 10 s back-off was not used
+
+
+def test_backoff_is_full_jitter_and_bounded():
+    rng = random.Random(0)
+    for attempt in range(12):
+        cap = min(2.0, 0.1 * 2 ** attempt)
+        delays = [backoff_delay(attempt, 0.1, 2.0, rng) for _ in range(200)]
+        assert all(0.0 <= d <= cap for d in delays)
+        assert max(delays) > 0.8 * cap and min(delays) < 0.2 * cap  # spread over the whole range
+    assert parse_retry_after("2") == 2.0 and parse_retry_after("-1") == 0.0
+    assert parse_retry_after("1e9") == 120.0
+    assert parse_retry_after(None) is None and parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
+
+
+def test_backoff_total_time_is_bounded(server, api_key):
+    server.push(*["500"] * 6)
+    t0 = time.monotonic()
+    c = make_client(server, api_key, max_retries=5, backoff_base_s=0.05, backoff_max_s=0.1).generate(
+        MSGS, max_tokens=8)
+    assert c.status == "error" and len(server.requests) == 6
+    assert time.monotonic() - t0 < 5 * 0.1 + 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Cache.
+
+def test_cache_hit_on_repeat_and_failures_not_stored(server, api_key, tmp_path):
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    client = make_client(server, api_key, cache=cache)
+    first = client.generate(MSGS, max_tokens=8, logprobs=2)
+    second = client.generate(MSGS, max_tokens=8, logprobs=2)
+    assert first.ok and not first.cached and second.cached
+    assert (second.text, second.logprobs) == (first.text, first.logprobs)
+    assert len(server.requests) == 1 and len(cache) == 1
+
+    other = [{"role": "user", "content": "Something else."}]
+    server.push("500", "500", "500")
+    assert client.generate(other, max_tokens=8).status == "error"
+    assert len(cache) == 1
+    server.push("refuse")
+    assert client.generate(other, max_tokens=8).status == "refused"
+    assert len(cache) == 1
+    assert client.generate(other, max_tokens=8).ok  # the failures were not replayed
+    assert len(cache) == 2 and len(server.requests) == 6
+    # Parameters are part of the key.
+    client.generate(MSGS, max_tokens=9, logprobs=2)
+    assert len(server.requests) == 7
+
+    # Persisted on disk: a fresh cache object over the same file still hits.
+    cache.close()
+    again = make_client(server, api_key, cache=ResponseCache(tmp_path / "cache.sqlite"))
+    assert again.generate(MSGS, max_tokens=8, logprobs=2).cached
+
+
+def test_cache_is_thread_safe(tmp_path):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+
+    def work(k):
+        for i in range(25):
+            msgs = [{"role": "user", "content": f"{k}-{i}"}]
+            cache.put("m", msgs, {}, Completion(text=f"{k}-{i}", status="ok"))
+            assert cache.get("m", msgs, {}).text == f"{k}-{i}"
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(cache) == 100
+    assert not cache.put("m", MSGS, {}, Completion(text=None, status="timeout", error="x"))
+    assert cache.get("m", MSGS, {}) is None
+
+
+# ---------------------------------------------------------------------------------------
+# Concurrency.
+
+def test_concurrency_limit_respected(api_key):
+    with FakeOpenAIServer(default=Reply("good", delay_s=0.1)) as server:
+        client = make_client(server, api_key, concurrency=3, timeout_s=5)
+        convs = [[{"role": "user", "content": f"q{i}"}] for i in range(12)]
+        server.answer = lambda req: req["messages"][0]["content"]
+        out = client.generate_many(convs, max_tokens=4)
+    assert [c.text for c in out] == [f"q{i}" for i in range(12)]  # order kept
+    assert len(server.requests) == 12
+    assert server.max_in_flight == 3
+
+
+# ---------------------------------------------------------------------------------------
+# The key goes to the server's Authorization header and nowhere else.
+
+def test_api_key_never_leaks(server, api_key, tmp_path, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    cache = ResponseCache(tmp_path / "keycheck.sqlite")
+    client = make_client(server, api_key, cache=cache)
+    server.push("429", "429", "429", "500", "500", "500", "drop", "drop", "drop", "garbage", "refuse",
+                Reply("stall", stall_s=1.0), Reply("stall", stall_s=1.0), Reply("stall", stall_s=1.0), "good")
+    results = [client.generate([{"role": "user", "content": f"m{i}"}], max_tokens=4) for i in range(7)]
+    assert [r.status for r in results] == ["rate_limited", "error", "error", "parse_error", "refused",
+                                           "timeout", "ok"]
+    cache.close()
+
+    everything = [repr(client), str(client.__dict__.keys()), repr(cache), caplog.text,
+                  *capsys.readouterr()] + [repr(r) for r in results]
+    for f in tmp_path.iterdir():
+        everything.append(f.read_bytes().decode("latin-1"))
+    assert "retry 1/2" in caplog.text and "Sending HTTP Request" in caplog.text  # DEBUG really was captured
+    for text in everything:
+        assert KEY not in text
+    assert all(r.headers.get("authorization") == f"Bearer {KEY}" for r in server.requests)
+    assert all(KEY not in str(r.body) for r in server.requests)
+
+    with pytest.raises(ValueError, match="FAKE_MISSING_KEY") as exc:
+        OpenAICompatibleClient(server.base_url, "m", api_key_env="FAKE_MISSING_KEY")
+    assert KEY not in str(exc.value)
+
+
+def test_bad_arguments_raise(server, api_key):
+    client = make_client(server, api_key)
+    with pytest.raises(ValueError):
+        client.generate([], max_tokens=4)
+    with pytest.raises(ValueError):
+        client.generate([{"role": "robot", "content": "x"}], max_tokens=4)
+    with pytest.raises(ValueError):
+        client.generate(MSGS, max_tokens=0)
+    assert not server.requests
+
+
+# ---------------------------------------------------------------------------------------
+# Local transformers client on a tiny random-weight Llama with the real SmolLM2 tokenizer.
+
+@pytest.fixture(scope="module")
+def local_client(tiny_model):
+    return LocalClient(tiny_model, batch_size=4, max_new_tokens=16)
+
+
+SHORT = [{"role": "user", "content": "Hi."}]
+LONG = [{"role": "user", "content": "Describe in one short sentence what this latent fires on: it is active "
+                                    "on the tokens 'cat', 'dog', 'horse' and 'parrot' in stories about "
+                                    "pets."}]
+
+
+def test_local_left_padding_matches_unbatched(local_client):
+    alone = local_client.generate(SHORT, max_tokens=6)
+    batched = local_client.generate_many([LONG, SHORT, LONG], max_tokens=6)
+    assert len(local_client.prompt_ids(LONG)) > len(local_client.prompt_ids(SHORT)) + 10
+    assert alone.ok and alone.text
+    assert batched[1].text == alone.text
+    assert batched[0].text == batched[2].text == local_client.generate(LONG, max_tokens=6).text
+
+
+def test_local_logprobs_valid(local_client):
+    c = local_client.generate_many([SHORT, LONG], max_tokens=5, logprobs=3)
+    for comp in c:
+        assert comp.ok and comp.logprobs and len(comp.logprobs) <= 5
+        for t in comp.logprobs:
+            assert t.logprob <= 0 and math.isfinite(t.logprob)
+            assert len(t.top) == 3
+            assert [a.logprob for a in t.top] == sorted((a.logprob for a in t.top), reverse=True)
+            assert t.top[0].token == t.token  # greedy: the chosen token is the most likely one
+            assert t.top[0].logprob == pytest.approx(t.logprob)
+        assert "".join(t.token for t in comp.logprobs) == comp.text
+    assert local_client.generate(SHORT, max_tokens=5).logprobs is None
+
+
+def test_local_cache_and_limits(tiny_model, tmp_path):
+    cache = ResponseCache(tmp_path / "l.sqlite")
+    client = LocalClient(tiny_model, batch_size=2, max_new_tokens=4, cache=cache)
+    first = client.generate(SHORT, max_tokens=3)
+    again = client.generate_many([SHORT, LONG], max_tokens=3)
+    assert again[0].cached and again[0].text == first.text and not again[1].cached
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        client.generate(SHORT, max_tokens=5)
