@@ -1,0 +1,371 @@
+"""The feature store ``features.db``: features, their examples, explanations and scores (SQLite).
+
+Tables (``SCHEMA_VERSION`` 2)::
+
+    meta          key -> value ('schema_version')
+    features      (dictionary, latent) unique; density, max_act, dead
+    examples      (feature, kind, context_index) unique; kind top/quantile/random, split
+                  explain/score, quantile bin, window start, tokens and activations (JSON), peak
+    explanations  (feature, explainer, model) unique; text, status, raw_response, error, created
+    scores        (feature, explanation, scorer, model, control) unique; value, status, n,
+                  ci_low, ci_high, control none/random_explanation/baseline, details (JSON)
+
+Nothing failed is stored as a value: every row that comes from a model call has a ``status`` in
+``STATUSES``, and CHECK constraints make ``text`` (explanations) and ``value`` (scores) NULL
+exactly when the status is not ``ok``. A failed row records the failure (``error``, the raw
+response) and is work still to do: ``explanations_todo`` / ``scores_todo`` list it again, while
+``ok`` rows are skipped. A failed re-put never overwrites an ``ok`` row.
+
+Writes are idempotent (UNIQUE keys, ``INSERT ... ON CONFLICT DO UPDATE``) and transactional:
+each ``put_*`` is atomic, and ``with db.transaction():`` groups several into one. The database
+runs in WAL mode, so readers (other connections or processes) are never blocked by a writer.
+
+Migrations: ``MIGRATIONS[v]`` upgrades a database from version ``v - 1`` to ``v`` (version 0 is
+an empty file); opening an older database applies the missing ones in one transaction. A
+database of a newer schema than this code knows is refused (``FeatureDBError``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA_VERSION = 2
+STATUSES = ("ok", "parse_error", "timeout", "rate_limited", "refused", "error")
+CONTROLS = ("none", "random_explanation", "baseline")
+KINDS = ("top", "quantile", "random")
+SPLITS = ("explain", "score")
+
+Status = Literal["ok", "parse_error", "timeout", "rate_limited", "refused", "error"]
+Control = Literal["none", "random_explanation", "baseline"]
+
+
+class FeatureDBError(RuntimeError):
+    """A database this code cannot use (newer schema, not a feature store)."""
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _v1(con: sqlite3.Connection) -> None:
+    """The first schema."""
+    # statement by statement: ``executescript`` would COMMIT the migration's open transaction
+    ddl = f"""
+        CREATE TABLE features (
+            id INTEGER PRIMARY KEY,
+            dictionary TEXT NOT NULL,
+            latent INTEGER NOT NULL CHECK (latent >= 0),
+            density REAL NOT NULL CHECK (density >= 0 AND density <= 1),
+            max_act REAL NOT NULL,
+            dead INTEGER NOT NULL CHECK (dead IN (0, 1)),
+            UNIQUE (dictionary, latent)
+        );
+        CREATE TABLE examples (
+            id INTEGER PRIMARY KEY,
+            feature_id INTEGER NOT NULL REFERENCES features(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK ({_in('kind', KINDS)}),
+            split TEXT NOT NULL CHECK ({_in('split', SPLITS)}),
+            context_index INTEGER NOT NULL,
+            start INTEGER NOT NULL,
+            tokens TEXT NOT NULL,
+            activations TEXT NOT NULL,
+            peak INTEGER NOT NULL,
+            UNIQUE (feature_id, kind, context_index)
+        );
+        CREATE TABLE explanations (
+            id INTEGER PRIMARY KEY,
+            feature_id INTEGER NOT NULL REFERENCES features(id) ON DELETE CASCADE,
+            explainer TEXT NOT NULL,
+            model TEXT NOT NULL,
+            text TEXT,
+            status TEXT NOT NULL CHECK ({_in('status', STATUSES)}),
+            raw_response TEXT,
+            error TEXT,
+            created TEXT NOT NULL,
+            CHECK ((status = 'ok') = (text IS NOT NULL)),
+            UNIQUE (feature_id, explainer, model)
+        );
+        CREATE TABLE scores (
+            id INTEGER PRIMARY KEY,
+            feature_id INTEGER NOT NULL REFERENCES features(id) ON DELETE CASCADE,
+            explanation_id INTEGER REFERENCES explanations(id) ON DELETE CASCADE,
+            scorer TEXT NOT NULL,
+            model TEXT NOT NULL,
+            control TEXT NOT NULL CHECK ({_in('control', CONTROLS)}),
+            value REAL,
+            status TEXT NOT NULL CHECK ({_in('status', STATUSES)}),
+            n INTEGER CHECK (n IS NULL OR n >= 0),
+            ci_low REAL,
+            ci_high REAL,
+            details TEXT,
+            error TEXT,
+            created TEXT NOT NULL,
+            CHECK ((status = 'ok') = (value IS NOT NULL)),
+            CHECK (status = 'ok' OR (ci_low IS NULL AND ci_high IS NULL)),
+            CHECK (ci_low IS NULL OR ci_high IS NULL OR ci_low <= ci_high),
+            CHECK ((control = 'baseline') = (explanation_id IS NULL))
+        );
+        -- NULLs are distinct in a UNIQUE constraint: key baseline rows (no explanation) on -1
+        CREATE UNIQUE INDEX scores_key ON scores (feature_id, IFNULL(explanation_id, -1), scorer, model, control);
+        CREATE INDEX explanations_feature ON explanations (feature_id);
+    """
+    for statement in ddl.split(";"):
+        if statement.strip():
+            con.execute(statement)
+
+
+def _v2(con: sqlite3.Connection) -> None:
+    """Examples record their quantile bin."""
+    con.execute("ALTER TABLE examples ADD COLUMN quantile INTEGER CHECK (quantile IS NULL OR quantile >= 0)")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2}
+assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+
+
+def _field(obj: Any, name: str) -> Any:
+    return obj[name] if isinstance(obj, Mapping) else getattr(obj, name)
+
+
+class FeatureDB:
+    """One ``features.db``; ``FeatureDB(path)`` creates or migrates it. Not thread-safe: one
+    object per thread or process (SQLite handles several processes)."""
+
+    def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; ``transaction()`` issues BEGIN/COMMIT
+        self.con = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        self.con.row_factory = sqlite3.Row
+        self._depth = 0
+        self.con.execute("PRAGMA journal_mode=WAL")
+        self.con.execute("PRAGMA foreign_keys=ON")
+        try:
+            self._migrate()
+        except BaseException:
+            self.con.close()
+            raise
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> FeatureDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[FeatureDB]:
+        """All writes inside commit together or not at all; nested uses join the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+            return
+        self.con.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlock later
+        self._depth = 1
+        try:
+            yield self
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        else:
+            self.con.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def schema_version(self) -> int:
+        tables = {r[0] for r in self.con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            if tables:
+                raise FeatureDBError(f"{self.path} is an SQLite database but not a feature store "
+                                     f"(tables {sorted(tables)}, no meta table)")
+            return 0
+        row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            raise FeatureDBError(f"{self.path}: meta table has no schema_version")
+        return int(row[0])
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            version = self.schema_version()
+            if version > SCHEMA_VERSION:
+                raise FeatureDBError(
+                    f"{self.path} has schema version {version}, newer than this autointerp reads "
+                    f"({SCHEMA_VERSION}): upgrade autointerp to open it")
+            if version == 0:
+                self.con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[v](self.con)
+            if version < SCHEMA_VERSION:
+                self.con.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
+
+    # -- features and examples -----------------------------------------------------------
+    def put_features(self, dictionary: str, records: Iterable[Any], examples: bool = True) -> dict[int, int]:
+        """Upsert one row per record (``LatentRecord``-like: ``latent``, ``density``,
+        ``max_activation``, ``dead``, ``examples``); with ``examples``, replace each feature's
+        examples by the record's. Returns ``{latent: feature_id}``."""
+        ids = {}
+        with self.transaction():
+            for rec in records:
+                latent = int(_field(rec, "latent"))
+                row = self.con.execute(
+                    "INSERT INTO features (dictionary, latent, density, max_act, dead) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (dictionary, latent) DO UPDATE SET density = excluded.density, "
+                    "max_act = excluded.max_act, dead = excluded.dead RETURNING id",
+                    (dictionary, latent, float(_field(rec, "density")), float(_field(rec, "max_activation")),
+                     int(bool(_field(rec, "dead"))))).fetchone()
+                ids[latent] = row[0]
+                if examples:
+                    self.put_examples(row[0], _field(rec, "examples"))
+        return ids
+
+    def put_examples(self, feature_id: int, examples: Iterable[Any]) -> None:
+        """Replace the examples of ``feature_id`` (``Example``-like objects or dicts)."""
+        with self.transaction():
+            self.con.execute("DELETE FROM examples WHERE feature_id = ?", (feature_id,))
+            self.con.executemany(
+                "INSERT INTO examples (feature_id, kind, split, quantile, context_index, start, tokens, activations, "
+                "peak) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(feature_id, _field(e, "kind"), _field(e, "split"), _field(e, "quantile"),
+                  int(_field(e, "context_index")), int(_field(e, "start")), json.dumps(list(_field(e, "tokens"))),
+                  json.dumps([float(a) for a in _field(e, "activations")]), int(_field(e, "peak_position")))
+                 for e in examples])
+
+    def feature_id(self, dictionary: str, latent: int) -> int:
+        row = self.con.execute("SELECT id FROM features WHERE dictionary = ? AND latent = ?",
+                               (dictionary, latent)).fetchone()
+        if row is None:
+            raise KeyError(f"no feature ({dictionary!r}, {latent}) in {self.path}")
+        return row[0]
+
+    # -- model outputs -------------------------------------------------------------------
+    def put_explanation(self, feature_id: int, explainer: str, model: str, status: Status, text: str | None = None,
+                        raw_response: str | None = None, error: str | None = None) -> int:
+        """Record one explainer call; returns the explanation id. An ``ok`` one needs ``text``, a
+        failed one must have none. A failed call never overwrites an ``ok`` row; a changed
+        ``ok`` text drops the scores of the old text."""
+        _check_status(status)
+        if (status == "ok") != (text is not None):
+            raise ValueError(f"an explanation with status {status!r} must {'' if status == 'ok' else 'not '}"
+                             f"have text (got {text!r})")
+        with self.transaction():
+            old = self.con.execute("SELECT id, text FROM explanations WHERE feature_id = ? AND explainer = ? "
+                                   "AND model = ?", (feature_id, explainer, model)).fetchone()
+            self.con.execute(
+                "INSERT INTO explanations (feature_id, explainer, model, text, status, raw_response, error, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (feature_id, explainer, model) DO UPDATE SET "
+                "text = excluded.text, status = excluded.status, raw_response = excluded.raw_response, "
+                "error = excluded.error, created = excluded.created "
+                "WHERE explanations.status != 'ok' OR excluded.status = 'ok'",
+                (feature_id, explainer, model, text, status, raw_response, error, _now()))
+            if old is not None and status == "ok" and old["text"] is not None and old["text"] != text:
+                self.con.execute("DELETE FROM scores WHERE explanation_id = ?", (old["id"],))
+            return self.con.execute("SELECT id FROM explanations WHERE feature_id = ? AND explainer = ? AND model = ?",
+                                    (feature_id, explainer, model)).fetchone()[0]
+
+    def put_score(self, feature_id: int, explanation_id: int | None, scorer: str, model: str, status: Status,
+                  value: float | None = None, n: int | None = None, ci_low: float | None = None,
+                  ci_high: float | None = None, control: Control = "none", details: dict | None = None,
+                  error: str | None = None) -> int:
+        """Record one scorer run; returns the score id. ``explanation_id`` is None exactly for
+        ``control="baseline"``. An ``ok`` score needs a finite ``value``, a failed one has none."""
+        _check_status(status)
+        if control not in CONTROLS:
+            raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+        if (status == "ok") != (value is not None):
+            raise ValueError(f"a score with status {status!r} must {'' if status == 'ok' else 'not '}"
+                             f"have a value (got {value!r})")
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"score value must be finite, got {value}: record a failed status instead")
+        with self.transaction():
+            self.con.execute(
+                "INSERT INTO scores (feature_id, explanation_id, scorer, model, control, value, status, n, ci_low, "
+                "ci_high, details, error, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (feature_id, IFNULL(explanation_id, -1), scorer, model, control) DO UPDATE SET "
+                "value = excluded.value, status = excluded.status, n = excluded.n, ci_low = excluded.ci_low, "
+                "ci_high = excluded.ci_high, details = excluded.details, error = excluded.error, "
+                "created = excluded.created WHERE scores.status != 'ok' OR excluded.status = 'ok'",
+                (feature_id, explanation_id, scorer, model, control, value, status, n, ci_low, ci_high,
+                 json.dumps(details) if details is not None else None, error, _now()))
+            return self.con.execute(
+                "SELECT id FROM scores WHERE feature_id = ? AND IFNULL(explanation_id, -1) = IFNULL(?, -1) "
+                "AND scorer = ? AND model = ? AND control = ?",
+                (feature_id, explanation_id, scorer, model, control)).fetchone()[0]
+
+    # -- work lists ----------------------------------------------------------------------
+    def explanations_todo(self, explainer: str, model: str, dictionary: str | None = None) -> list[dict]:
+        """Live features with no ``ok`` explanation by ``(explainer, model)``: never tried or failed."""
+        return self._dicts(
+            "SELECT f.* FROM features f WHERE f.dead = 0 AND (? IS NULL OR f.dictionary = ?) AND NOT EXISTS "
+            "(SELECT 1 FROM explanations e WHERE e.feature_id = f.id AND e.explainer = ? AND e.model = ? "
+            "AND e.status = 'ok') ORDER BY f.dictionary, f.latent", (dictionary, dictionary, explainer, model))
+
+    def scores_todo(self, scorer: str, model: str, control: Control = "none", explainer: str | None = None,
+                    explainer_model: str | None = None) -> list[dict]:
+        """``ok`` explanations (optionally of one explainer / explainer model) with no ``ok`` score by
+        ``(scorer, model)`` under ``control``: rows ``{feature_id, dictionary, latent,
+        explanation_id, explainer, explainer_model, text}``. For ``random_explanation`` and
+        ``baseline`` the caller picks the control's explanation (or none); the key is this one's
+        feature."""
+        if control not in CONTROLS:
+            raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
+        own = "s.explanation_id = e.id" if control == "none" else "1"
+        return self._dicts(
+            "SELECT f.id AS feature_id, f.dictionary, f.latent, e.id AS explanation_id, e.explainer, "
+            "e.model AS explainer_model, e.text FROM explanations e JOIN features f ON f.id = e.feature_id "
+            "WHERE e.status = 'ok' AND (? IS NULL OR e.explainer = ?) AND (? IS NULL OR e.model = ?) "
+            f"AND NOT EXISTS (SELECT 1 FROM scores s WHERE s.feature_id = f.id AND {own} AND s.scorer = ? "
+            "AND s.model = ? AND s.control = ? AND s.status = 'ok') ORDER BY f.dictionary, f.latent, e.id",
+            (explainer, explainer, explainer_model, explainer_model, scorer, model, control))
+
+    # -- readers -------------------------------------------------------------------------
+    def _dicts(self, sql: str, params: tuple = ()) -> list[dict]:
+        return [dict(r) for r in self.con.execute(sql, params)]
+
+    def features(self, dictionary: str | None = None, include_dead: bool = True) -> list[dict]:
+        rows = self._dicts("SELECT * FROM features WHERE (? IS NULL OR dictionary = ?) ORDER BY dictionary, latent",
+                           (dictionary, dictionary))
+        return [r for r in rows if include_dead or not r["dead"]]
+
+    def examples(self, feature_id: int, split: str | None = None, kind: str | None = None) -> list[dict]:
+        """The feature's examples, tokens and activations decoded, in insertion order."""
+        rows = self._dicts("SELECT * FROM examples WHERE feature_id = ? AND (? IS NULL OR split = ?) "
+                           "AND (? IS NULL OR kind = ?) ORDER BY id", (feature_id, split, split, kind, kind))
+        for r in rows:
+            r["tokens"], r["activations"] = json.loads(r["tokens"]), json.loads(r["activations"])
+        return rows
+
+    def explanations(self, feature_id: int | None = None, status: str | None = None) -> list[dict]:
+        return self._dicts("SELECT * FROM explanations WHERE (? IS NULL OR feature_id = ?) "
+                           "AND (? IS NULL OR status = ?) ORDER BY id", (feature_id, feature_id, status, status))
+
+    def scores(self, feature_id: int | None = None, explanation_id: int | None = None,
+               status: str | None = None) -> list[dict]:
+        rows = self._dicts("SELECT * FROM scores WHERE (? IS NULL OR feature_id = ?) "
+                           "AND (? IS NULL OR explanation_id = ?) AND (? IS NULL OR status = ?) ORDER BY id",
+                           (feature_id, feature_id, explanation_id, explanation_id, status, status))
+        for r in rows:
+            r["details"] = json.loads(r["details"]) if r["details"] is not None else None
+        return rows
