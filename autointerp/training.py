@@ -99,7 +99,7 @@ def train_from_cache(job: TrainJob, resume: bool = False, progress: bool = True)
             "job": asdict(job),
             "input_hookpoint": spec.input_key, "target_hookpoint": spec.target_key,
             "model": first["model"], "context": first["context"],
-            "caches": {hp: {"folder": str(by_name[hp]), "fingerprint": manifests[hp]["fingerprint"]}
+            "caches": {hp: {"folder": str(by_name[hp].resolve()), "fingerprint": manifests[hp]["fingerprint"]}
                        for hp in {spec.input_key, spec.target_key}},
             "train_shards": train_shards, "heldout_shards": held,
             "train_tokens": store.n_tokens, "steps": steps,
