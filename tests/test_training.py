@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +36,7 @@ def test_cli_train_then_evaluate(tiny_cache, tmp_path):
     folder = out / f"{HP}.topk-128-k8"
     prov = json.loads((folder / "autointerp.json").read_text())
     assert not set(prov["train_shards"]) & set(prov["heldout_shards"])  # held-out never trained on
+    assert all(Path(c["folder"]).is_absolute() for c in prov["caches"].values())  # usable from any cwd
     run_cli("evaluate", str(folder), "--contexts", "4")
     m = json.loads((folder / "metrics.json").read_text())["evaluation"]
     assert 0 < m["fvu"] < 1 and 0 < m["l0"] <= 8
