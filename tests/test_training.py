@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from autointerp.activations import CacheConfig, cache_activations
 from autointerp.data import ContextConfig
 from autointerp.evaluate import evaluate_dictionary
 from autointerp.training import TrainJob, train_from_cache
-from helpers import run_cli
+from helpers import REPO, run_cli
 
 HP = "blocks.2.hook_out"
 # measured 2026-11-25 (CPU, torch 2.13, default lr): held-out FVU 0.334 of the real-model run below
@@ -29,7 +30,8 @@ def tiny_cache(tiny_model, tmp_path_factory):
 
 def test_cli_train_then_evaluate(tiny_cache, tmp_path):
     out = tmp_path / "dicts"
-    proc = run_cli("train", "--activations", str(tiny_cache[HP]), "--out", str(out), "--latents", "128",
+    relative = os.path.relpath(tiny_cache[HP], REPO)  # provenance must not depend on the working directory
+    proc = run_cli("train", "--activations", relative, "--out", str(out), "--latents", "128",
                    "--k", "8,16", "--batch-size", "256", "--epochs", "3", "--heldout-tokens", "1000")
     names = sorted(p.name for p in out.iterdir())
     assert names == [f"{HP}.topk-128-k16", f"{HP}.topk-128-k8"], proc.stdout
@@ -101,7 +103,7 @@ def test_torchrun_train_two_ranks(tiny_cache, tmp_path):
     import os
     import subprocess
 
-    from helpers import AUTOINTERP, REPO
+    from helpers import AUTOINTERP
 
     torchrun = os.path.join(os.path.dirname(AUTOINTERP[0]), "torchrun")
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "autointerp.cli", "train",
