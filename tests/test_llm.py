@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from autointerp.llm import (
     Completion, LocalClient, OpenAICompatibleClient, ResponseCache, TokenLogprobs, backoff_delay,
@@ -284,3 +285,28 @@ def test_local_cache_and_limits(tiny_model, tmp_path):
     assert again[0].cached and again[0].text == first.text and not again[1].cached
     with pytest.raises(ValueError, match="max_new_tokens"):
         client.generate(SHORT, max_tokens=5)
+
+
+def test_local_generation_equals_plain_transformers(local_client, tiny_model):
+    """Greedy text equals a plain transformers `generate` token for token (the KV cache is used
+    correctly: generating through the TransformerBridge-wrapped model broke every token after
+    the first)."""
+    from transformers import AutoModelForCausalLM
+
+    messages = [{"role": "user", "content": "Count: one two three"}]
+    ids = torch.tensor([local_client.prompt_ids(messages)])
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model.source, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        out = plain.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                             pad_token_id=local_client.pad_id)
+    new = out[0, ids.shape[1]:].tolist()
+    n = next((t for t, tok in enumerate(new) if tok in local_client.stop_ids), len(new))
+    expected = local_client.tokenizer.decode(new[:n], skip_special_tokens=True)
+    assert local_client.generate(messages, max_tokens=12).text == expected
+
+
+@pytest.mark.real_model
+def test_local_client_answers_on_the_real_model(real_model):
+    client = LocalClient(real_model, max_new_tokens=16)
+    answer = client.generate([{"role": "user", "content": "What is the capital of France?"}], max_tokens=16)
+    assert answer.ok and "Paris" in answer.text

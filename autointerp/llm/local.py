@@ -32,14 +32,20 @@ class LocalClient(LLMClient):
         """
         if batch_size < 1 or max_new_tokens < 1:
             raise ValueError("batch_size and max_new_tokens must be >= 1")
-        if isinstance(model, str):
-            from autointerp.models import load_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            model = load_model(model, device=device)
-        self.loaded = model
-        self.model = model.spec
-        self.hf_model = model.hf_model
-        self.tokenizer = model.tokenizer
+        from autointerp.models import resolve
+
+        # Generation runs on a plain transformers model read from the same safetensors folder,
+        # never on the model wrapped by a TransformerBridge: the bridge replaces attention with
+        # its own step-by-step version, which does not use the KV cache of `generate`, and every
+        # token after the first comes out wrong ("The-----").
+        spec = model if isinstance(model, str) else model.spec
+        folder = resolve(spec)[0] if isinstance(model, str) else model.source
+        dtype = torch.float32 if isinstance(model, str) else model.dtype
+        self.model = spec
+        self.hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True).to(device).eval()
+        self.tokenizer = model.tokenizer if not isinstance(model, str) else AutoTokenizer.from_pretrained(folder)
         self.device = str(next(self.hf_model.parameters()).device)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
