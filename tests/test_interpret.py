@@ -1,0 +1,166 @@
+"""The explain/score pipeline on a tiny dictionary: features.db rows, failure re-runs, controls, the CLI."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import dictionaries as dl
+from autointerp.activations import CacheConfig, cache_activations
+from autointerp.data import ContextConfig
+from autointerp.examples import ExamplesConfig
+from autointerp.featuredb import FeatureDB
+from autointerp.interpret import (
+    FeatureSelection, dictionary_name, explain, parse_feature_selection, prepare_features, score, summary)
+from autointerp.llm import OpenAICompatibleClient
+from autointerp.training import TrainJob, train_from_cache
+from fake_openai_server import FakeOpenAIServer, Reply
+from helpers import run_cli
+
+HP = "blocks.1.hook_out"
+DEAD = 0
+CFG = ExamplesConfig(n_top=6, n_quantile_bins=2, n_per_quantile=2, n_random=6, window=(4, 2), batch=200)
+
+
+@pytest.fixture(scope="module")
+def dictionary_dir(tiny_model, tmp_path_factory):
+    """A 32-latent TopK dictionary over a tiny cache, latent 0 killed."""
+    root = tmp_path_factory.mktemp("interp")
+    cfg = CacheConfig(model=str(tiny_model.source), hookpoints=[HP], tokens=2500, batch_size=4, shard_contexts=8,
+                      context=ContextConfig(ctx_len=32))
+    folder = cache_activations(cfg, root / "acts", model=tiny_model, progress=False)[HP]
+    job = TrainJob(activations=[str(folder)], out=str(root / "dicts"), latents=[32], k=[4], batch_size=128,
+                   heldout_tokens=600, buffer_size=512)
+    train_from_cache(job, progress=False)
+    path = root / "dicts" / HP
+    d = dl.load(path)
+    with torch.no_grad():
+        d.W_enc[:, DEAD] = 0.0
+        d.b_enc[DEAD] = -1e4
+    dl.save(d, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(dictionary_dir, tmp_path_factory):
+    db = tmp_path_factory.mktemp("db") / "features.db"
+    assert prepare_features(dictionary_dir, db, CFG, progress=False) == 32
+    return db
+
+
+@pytest.fixture
+def db_copy(prepared, tmp_path):
+    path = tmp_path / "features.db"
+    shutil.copy(prepared, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def test_parse_feature_selection():
+    assert parse_feature_selection("0-3,15,20") == FeatureSelection(latents=(0, 1, 2, 3, 15, 20))
+    assert parse_feature_selection("50") == FeatureSelection(count=50)
+    assert parse_feature_selection("7,") == FeatureSelection(latents=(7,))
+    assert parse_feature_selection("3").select([0, 2, 5, 9, 11]) == [0, 2, 5]
+    assert parse_feature_selection("2-9").select([0, 2, 5, 11]) == [2, 5]
+    for bad in ("a", "5-2", ",", "1-x"):
+        with pytest.raises(ValueError):
+            parse_feature_selection(bad)
+
+
+def test_prepare_is_idempotent_and_records_dead(dictionary_dir, prepared):
+    assert prepare_features(dictionary_dir, prepared, CFG, progress=False) == 0  # all stored: no pass
+    with FeatureDB(prepared) as db:
+        feats = db.features(dictionary_name(dictionary_dir))
+        assert [f["latent"] for f in feats] == list(range(32))
+        dead = [f for f in feats if f["dead"]]
+        assert DEAD in {f["latent"] for f in dead}
+        assert all(db.examples(f["id"]) == [] for f in dead)
+        live = next(f for f in feats if not f["dead"])
+        assert {e["split"] for e in db.examples(live["id"])} == {"explain", "score"}
+
+
+def test_enrichment_then_embedding_with_controls(dictionary_dir, db_copy, tok):
+    counts = explain(db_copy, dictionary_dir, "token-enrichment", tokenizer=tok, features="5", progress=False)
+    assert counts.done + counts.failed == 5 and counts.done >= 4
+    # a second run finds nothing to do
+    assert explain(db_copy, dictionary_dir, "token-enrichment", tokenizer=tok, features="5", progress=False).done == 0
+    scored = score(db_copy, dictionary_dir, "embedding", tokenizer=tok, explainer_name="token-enrichment",
+                   progress=False)
+    assert scored.done + scored.failed == counts.done
+    with FeatureDB(db_copy) as db:
+        dead_ids = {f["id"] for f in db.features() if f["dead"]}
+        expl = db.explanations()
+        assert not {e["feature_id"] for e in expl} & dead_ids  # dead features never explained
+        ok = [e for e in expl if e["status"] == "ok"]
+        for e in ok:
+            rows = {s["control"]: s for s in db.scores(e["feature_id"])}
+            assert set(rows) == {"none", "random_explanation", "baseline"}
+            main = rows["none"]
+            assert main["explanation_id"] == e["id"] and rows["baseline"]["explanation_id"] is None
+            if main["status"] == "ok":
+                assert 0 <= main["value"] <= 1 and main["n"] > 0 and main["ci_low"] <= main["ci_high"]
+                assert main["details"]["method"] == "cosine-auroc"
+            rnd = rows["random_explanation"]  # same contexts: fails exactly when the score split does
+            assert rnd["status"] == main["status"] and rnd["details"]["control_explanation_id"] != e["id"]
+        assert len(db.scores()) == 3 * len(ok)
+    # nothing left to do; a re-run changes nothing
+    assert score(db_copy, dictionary_dir, "embedding", tokenizer=tok, progress=False).done == 0
+    s = summary(db_copy)["embedding"]
+    assert s["none"]["n"] == s["random_explanation"]["n"] >= 1 and s["baseline"]["n"] >= 1
+    assert s["none"]["n"] + s["none"]["failed"] == len(ok)
+    assert 0 <= s["none"]["median"] <= 1
+
+
+def test_llm_failures_are_stored_and_redone(dictionary_dir, db_copy, tok, monkeypatch):
+    monkeypatch.setenv("FAKE_INTERP_KEY", "k")
+    with FakeOpenAIServer(answer="EXPLANATION: the letter e") as server:
+        server.push("garbage", "429", "429", Reply("good", text="no marker here"))
+        client = OpenAICompatibleClient(server.base_url, "fake-model", api_key_env="FAKE_INTERP_KEY",
+                                        max_retries=1, backoff_base_s=0.01, backoff_max_s=0.02)
+        first = explain(db_copy, dictionary_dir, "highlight", client=client, tokenizer=tok, features="6",
+                        progress=False)
+    assert (first.done, first.failed) == (3, 3)
+    with FeatureDB(db_copy) as db:
+        rows = db.explanations()
+        failed = {r["feature_id"]: r for r in rows if r["status"] != "ok"}
+        assert sorted(r["status"] for r in failed.values()) == ["parse_error", "parse_error", "rate_limited"]
+        assert all(r["text"] is None and r["error"] for r in failed.values())
+        assert any(r["raw_response"] == "no marker here" for r in failed.values())
+        ok_before = {r["feature_id"]: (r["id"], r["created"]) for r in rows if r["status"] == "ok"}
+    with FakeOpenAIServer(answer="EXPLANATION: the letter e") as good:
+        client = OpenAICompatibleClient(good.base_url, "fake-model", api_key_env="FAKE_INTERP_KEY", max_retries=0)
+        again = explain(db_copy, dictionary_dir, "highlight", client=client, tokenizer=tok, features="6",
+                        progress=False)
+        assert len(good.requests) == 3  # exactly the failed ones
+    assert (again.done, again.failed) == (3, 0)
+    with FeatureDB(db_copy) as db:
+        rows = db.explanations()
+        assert len(rows) == 6 and all(r["status"] == "ok" and r["text"] == "the letter e" for r in rows)
+        assert {r["feature_id"] for r in rows} == set(failed) | set(ok_before)
+        assert all((r["id"], r["created"]) == ok_before[r["feature_id"]] for r in rows if r["feature_id"] in ok_before)
+
+
+def test_cli_explain_and_score(dictionary_dir, tmp_path):
+    db = tmp_path / "cli.db"
+    proc = run_cli("explain", str(dictionary_dir), "--db", str(db), "--explainer", "token-enrichment",
+                   "--features", "1-3")
+    assert "explain token-enrichment:" in proc.stdout and "done" in proc.stdout
+    proc = run_cli("score", str(dictionary_dir), "--db", str(db), "--scorer", "embedding",
+                   "--explainer", "token-enrichment", "--features", "1-3")
+    assert "score embedding:" in proc.stdout and "vs random_explanation" in proc.stdout
+    with FeatureDB(db) as fdb:
+        latent_of = {f["id"]: f["latent"] for f in fdb.features()}
+        explained = {e["feature_id"] for e in fdb.explanations(status="ok")}
+        assert explained and {latent_of[i] for i in explained} <= {1, 2, 3}
+        for fid in explained:  # every scored feature has its score and both controls
+            assert sorted(s["control"] for s in fdb.scores(fid)) == ["baseline", "none", "random_explanation"]
+    bad = run_cli("score", str(tmp_path), "--db", str(db), check=False)
+    assert bad.returncode == 2 and "not a dictionary folder" in bad.stderr
