@@ -164,3 +164,35 @@ def test_cli_explain_and_score(dictionary_dir, tmp_path):
             assert sorted(s["control"] for s in fdb.scores(fid)) == ["baseline", "none", "random_explanation"]
     bad = run_cli("score", str(tmp_path), "--db", str(db), check=False)
     assert bad.returncode == 2 and "not a dictionary folder" in bad.stderr
+
+
+@pytest.mark.real_model
+def test_explain_then_score_on_the_real_model(real_model, tmp_path):
+    """The whole path on SmolLM2: cache, train, examples, the baseline and the local LLM explainer
+    (the embedded model itself), embedding scores with both controls."""
+    from autointerp.llm import LocalClient
+
+    cfg = CacheConfig(hookpoints=["blocks.15.hook_out"], tokens=12_000, shard_contexts=32)
+    folder = cache_activations(cfg, tmp_path / "acts", model=real_model, progress=False)["blocks.15.hook_out"]
+    train_from_cache(TrainJob(activations=[str(folder)], out=str(tmp_path / "d"), latents=[256], k=[16],
+                              batch_size=512, epochs=3, heldout_tokens=4000), progress=False)
+    d, db = tmp_path / "d" / "blocks.15.hook_out", tmp_path / "features.db"
+    prepare_features(d, db, progress=False)
+    base = explain(db, d, "token-enrichment", tokenizer=real_model.tokenizer, features="4", progress=False)
+    assert (base.done, base.failed) == (4, 0)
+    client = LocalClient(real_model, batch_size=4, max_new_tokens=200)
+    llm = explain(db, d, "token-activation", client=client, tokenizer=real_model.tokenizer, features="4",
+                  progress=False)
+    assert llm.done + llm.failed == 4
+    with FeatureDB(db) as store:
+        rows = [e for e in store.explanations() if e["explainer"] == "token-activation"]
+        assert len(rows) == 4
+        for e in rows:  # the small model often ignores the answer format: kept raw, never a value
+            assert (e["status"] == "ok") == (e["text"] is not None)
+            assert e["status"] == "ok" or e["raw_response"] or e["error"]
+    scored = score(db, d, "embedding", tokenizer=real_model.tokenizer, explainer_name="token-enrichment",
+                   features="4", progress=False)
+    assert scored.done + scored.failed == 4
+    with FeatureDB(db) as store:
+        controls = {s["control"] for s in store.scores()}
+    assert controls == {"none", "random_explanation", "baseline"}
