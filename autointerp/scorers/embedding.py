@@ -49,6 +49,8 @@ class EmbeddingScorer(Scorer):
                  n_boot: int = 1000, seed: int = 0):
         self.tokenizer, self.model_folder = tokenizer, model_folder
         self.batch_size, self.n_boot, self.seed = batch_size, n_boot, seed
+        self._docs_key: tuple[str, ...] | None = None
+        self._docs_emb = None
 
     def score(self, record: LatentRecord, explanation: str) -> Score:
         items = score_examples(record)
@@ -59,9 +61,15 @@ class EmbeddingScorer(Scorer):
                                 n=len(items))
         model = load_embedder(self.model_folder)
         docs = [self.tokenizer.decode(e.tokens) for e, _ in items]
-        emb_Q = model.encode([explanation, *docs], batch_size=self.batch_size, normalize_embeddings=True,
-                             convert_to_numpy=True, show_progress_bar=False)
-        sims_N = emb_Q[1:] @ emb_Q[0]
+        # an explanation and its controls are scored on the same contexts: embed them once
+        key = tuple(docs)
+        if self._docs_key != key:
+            self._docs_emb = model.encode(docs, batch_size=self.batch_size, normalize_embeddings=True,
+                                          convert_to_numpy=True, show_progress_bar=False)
+            self._docs_key = key
+        query = model.encode([explanation], normalize_embeddings=True, convert_to_numpy=True,
+                             show_progress_bar=False)[0]
+        sims_N = self._docs_emb @ query
         ci = bootstrap_ci(labels, sims_N.tolist(), statistic=auroc, n_boot=self.n_boot, seed=self.seed)
         return Score(scorer=self.name, value=auroc(labels, sims_N), status="ok", n=len(items), ci_low=ci.low,
                      ci_high=ci.high, method="cosine-auroc",
