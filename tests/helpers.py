@@ -43,3 +43,26 @@ def plain_hidden_states(model_dir, ids):
     plain = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.inference_mode():
         return plain(ids, output_hidden_states=True).hidden_states
+
+
+def small_dictionary(tiny_model, root: Path, hookpoint: str, dead: int) -> tuple[Path, Path]:
+    """A 32-latent TopK dictionary over a tiny cache of ``tiny_model``, latent ``dead`` killed
+    (zero encoder column, very negative bias). Returns (dictionary folder, cache folder)."""
+    import dictionaries as dl
+    from autointerp.activations import CacheConfig, cache_activations
+    from autointerp.data import ContextConfig
+    from autointerp.training import TrainJob, train_from_cache
+
+    cfg = CacheConfig(model=str(tiny_model.source), hookpoints=[hookpoint], tokens=2500, batch_size=4,
+                      shard_contexts=8, context=ContextConfig(ctx_len=32))
+    folder = cache_activations(cfg, root / "acts", model=tiny_model, progress=False)[hookpoint]
+    job = TrainJob(activations=[str(folder)], out=str(root / "dicts"), latents=[32], k=[4], batch_size=128,
+                   heldout_tokens=600, buffer_size=512)
+    train_from_cache(job, progress=False)
+    path = root / "dicts" / hookpoint
+    d = dl.load(path)
+    with torch.no_grad():
+        d.W_enc[:, dead] = 0.0
+        d.b_enc[dead] = -1e4
+    dl.save(d, path)
+    return path, folder

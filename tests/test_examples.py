@@ -9,10 +9,9 @@ import torch
 
 import dictionaries as dl
 from autointerp import examples as ex
-from autointerp.activations import CacheConfig, cache_activations, load_shard, read_manifest
-from autointerp.data import ContextConfig
+from autointerp.activations import load_shard, read_manifest
 from autointerp.examples import ExamplesConfig, collect_examples
-from autointerp.training import TrainJob, train_from_cache
+from helpers import small_dictionary
 
 HP = "blocks.1.hook_out"
 DEAD = 0  # the latent the fixture kills
@@ -23,19 +22,7 @@ CFG = ExamplesConfig(n_top=5, n_quantile_bins=3, n_per_quantile=2, n_random=4, w
 def dictionary_dir(tiny_model, tmp_path_factory):
     """A 32-latent TopK dictionary over a tiny cache; latent 0 killed; the training shards deleted
     afterwards, so that reading one would fail."""
-    root = tmp_path_factory.mktemp("ex")
-    cfg = CacheConfig(model=str(tiny_model.source), hookpoints=[HP], tokens=2500, batch_size=4, shard_contexts=8,
-                      context=ContextConfig(ctx_len=32))
-    folder = cache_activations(cfg, root / "acts", model=tiny_model, progress=False)[HP]
-    job = TrainJob(activations=[str(folder)], out=str(root / "dicts"), latents=[32], k=[4], batch_size=128,
-                   heldout_tokens=600, buffer_size=512)
-    train_from_cache(job, progress=False)
-    path = root / "dicts" / HP
-    d = dl.load(path)
-    with torch.no_grad():
-        d.W_enc[:, DEAD] = 0.0
-        d.b_enc[DEAD] = -1e4
-    dl.save(d, path)
+    path, folder = small_dictionary(tiny_model, tmp_path_factory.mktemp("ex"), HP, DEAD)
     prov = json.loads((path / "autointerp.json").read_text())
     for s in prov["train_shards"]:
         (folder / read_manifest(folder)["shards"][s]["file"]).unlink()

@@ -5,11 +5,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
 
-import dictionaries as dl
 from autointerp.activations import CacheConfig, cache_activations
-from autointerp.data import ContextConfig
 from autointerp.examples import ExamplesConfig
 from autointerp.featuredb import FeatureDB
 from autointerp.interpret import (
@@ -17,7 +14,7 @@ from autointerp.interpret import (
 from autointerp.llm import OpenAICompatibleClient
 from autointerp.training import TrainJob, train_from_cache
 from fake_openai_server import FakeOpenAIServer, Reply
-from helpers import run_cli
+from helpers import run_cli, small_dictionary
 
 HP = "blocks.1.hook_out"
 DEAD = 0
@@ -27,20 +24,7 @@ CFG = ExamplesConfig(n_top=6, n_quantile_bins=2, n_per_quantile=2, n_random=6, w
 @pytest.fixture(scope="module")
 def dictionary_dir(tiny_model, tmp_path_factory):
     """A 32-latent TopK dictionary over a tiny cache, latent 0 killed."""
-    root = tmp_path_factory.mktemp("interp")
-    cfg = CacheConfig(model=str(tiny_model.source), hookpoints=[HP], tokens=2500, batch_size=4, shard_contexts=8,
-                      context=ContextConfig(ctx_len=32))
-    folder = cache_activations(cfg, root / "acts", model=tiny_model, progress=False)[HP]
-    job = TrainJob(activations=[str(folder)], out=str(root / "dicts"), latents=[32], k=[4], batch_size=128,
-                   heldout_tokens=600, buffer_size=512)
-    train_from_cache(job, progress=False)
-    path = root / "dicts" / HP
-    d = dl.load(path)
-    with torch.no_grad():
-        d.W_enc[:, DEAD] = 0.0
-        d.b_enc[DEAD] = -1e4
-    dl.save(d, path)
-    return path
+    return small_dictionary(tiny_model, tmp_path_factory.mktemp("interp"), HP, DEAD)[0]
 
 
 @pytest.fixture(scope="module")
