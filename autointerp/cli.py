@@ -239,7 +239,7 @@ def _make_client(args: argparse.Namespace, concurrency: int = 1):
         from autointerp.interpret import model_spec
         from autointerp.llm import LocalClient
 
-        return LocalClient(args.model or model_spec(args.dictionary), device=args.device)
+        return LocalClient(args.model or model_spec(args.dictionary), device=args.device, batch_size=max(1, concurrency))
     if args.model:
         raise UserError("give either --model (local) or --endpoint, not both")
     if not args.endpoint_model:
@@ -265,7 +265,9 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--explainer", default="token-activation", choices=explainer_names(),
                    help="token-enrichment asks no language model")
     _client_args(p)
-    p.add_argument("--concurrency", type=int, default=1, help="explainer calls at once (for an endpoint)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="features explained together: the batch size of a local model, or concurrent requests "
+                        "to an endpoint")
 
 
 @command("explain", _explain_args)

@@ -36,7 +36,6 @@ import re
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,7 +253,9 @@ def explain(db_path: str | Path, dictionary_dir: str | Path, explainer_name: str
     ``(explainer_name, model)`` yet (never tried or failed), and store each outcome.
 
     ``client``: for the LLM explainers; ``tokenizer`` defaults to the dictionary model's.
-    ``concurrency`` explainer calls run at once (threads; writes stay on this thread).
+    ``concurrency`` features are explained together (``Explainer.explain_many``: a batch on a
+    local model, concurrent requests on an endpoint); the results of each chunk are stored before
+    the next chunk starts.
     Call :func:`prepare_features` first.
     """
     if concurrency < 1:
@@ -266,15 +267,18 @@ def explain(db_path: str | Path, dictionary_dir: str | Path, explainer_name: str
     counts = RunCounts()
     with FeatureDB(db_path) as db:
         todo = _selected(db, name, db.explanations_todo(explainer_name, model, name), _as_selection(features))
-        records = [(f["id"], record_from_db(db, f)) for f in todo]
-        with ThreadPoolExecutor(max_workers=concurrency) as pool, \
-                tqdm(total=len(records), desc=f"explain {explainer_name}", disable=not progress) as bar:
-            results = pool.map(lambda item: explainer.explain(item[1]), records)
-            for (fid, _), result in zip(records, results):
-                _put_explanation(db, fid, explainer_name, model, result)
-                counts.done += result.ok
-                counts.failed += not result.ok
-                bar.update()
+        with tqdm(total=len(todo), desc=f"explain {explainer_name}", disable=not progress) as bar:
+            # `concurrency` records go to the explainer together (one batch for a local model,
+            # concurrent requests for an endpoint); each chunk is stored before the next starts,
+            # so a killed run loses at most one chunk and a re-run redoes only what is missing
+            for start in range(0, len(todo), concurrency):
+                chunk = todo[start:start + concurrency]
+                results = explainer.explain_many([record_from_db(db, f) for f in chunk])
+                for f, result in zip(chunk, results):
+                    _put_explanation(db, f["id"], explainer_name, model, result)
+                    counts.done += result.ok
+                    counts.failed += not result.ok
+                bar.update(len(chunk))
     return counts
 
 

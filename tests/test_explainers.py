@@ -321,3 +321,34 @@ def test_enrichment_without_examples_is_an_error(tok):
                                                                                  max_activation=0.0))
     assert (result.status, result.text) == ("error", None)
     assert "latent 7 has no firing token" in result.error
+
+
+def test_explain_many_sends_one_batch_and_keeps_order(tok, record):
+    """`explain_many` hands every buildable prompt to `generate_many` at once and returns the
+    explanations in record order (a record without examples fails alone, without a call)."""
+    from autointerp.examples import LatentRecord
+    from autointerp.llm.base import Completion, LLMClient
+
+    class Recorder(LLMClient):
+        model = "recorder"
+        supports_logprobs = False
+
+        def __init__(self):
+            self.batches = []
+
+        def generate(self, messages, *, max_tokens, temperature=0.0, logprobs=None):
+            raise AssertionError("explain_many must use generate_many")
+
+        def generate_many(self, conversations, *, max_tokens, temperature=0.0, logprobs=None):
+            self.batches.append(len(conversations))
+            return [Completion(text=f"EXPLANATION: answer {i}", status="ok", model=self.model)
+                    for i in range(len(conversations))]
+
+    client = Recorder()
+    explainer = build_explainer("token-activation", client=client, tokenizer=tok)
+    good = record
+    empty = LatentRecord(latent=9, density=0.0, max_activation=0.0, top=[], quantiles=[], random=[])
+    out = explainer.explain_many([good, empty, good])
+    assert client.batches == [2]
+    assert [e.status for e in out] == ["ok", "error", "ok"]
+    assert [e.text for e in out] == ["answer 0", None, "answer 1"]

@@ -65,6 +65,11 @@ class Explainer(ABC):
     def explain(self, record: LatentRecord) -> Explanation:
         """Explain ``record`` from its ``split == "explain"`` examples only."""
 
+    def explain_many(self, records: list[LatentRecord]) -> list[Explanation]:
+        """Explain several records; LLM explainers override this to send the prompts together
+        (``LLMClient.generate_many``: one batch on a local model, concurrent requests on an endpoint)."""
+        return [self.explain(r) for r in records]
+
 
 def explain_examples(record: LatentRecord) -> list[Example]:
     """The examples an explainer may look at: those of the ``"explain"`` split, in record order."""

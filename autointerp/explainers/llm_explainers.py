@@ -68,16 +68,28 @@ class LLMExplainer(Explainer):
             trimmed = True
 
     def explain(self, record: LatentRecord) -> Explanation:
-        model = self.client.model
-        try:
-            msgs, groups, trimmed = self.messages(record)
-        except ValueError as exc:
-            return Explanation(None, "error", self.name, model, error=str(exc))
-        n_used = sum(map(len, groups))
-        completion = self.client.generate(msgs, max_tokens=self.max_tokens, temperature=self.temperature)
-        model = completion.model or model
-        common = {"explainer": self.name, "model": model, "prompt_trimmed": trimmed,
-                  "n_examples_used": n_used}
+        return self.explain_many([record])[0]
+
+    def explain_many(self, records: list[LatentRecord]) -> list[Explanation]:
+        results: list[Explanation | None] = [None] * len(records)
+        asks = []  # (index, messages, common fields) of the records whose prompt could be built
+        for i, record in enumerate(records):
+            try:
+                msgs, groups, trimmed = self.messages(record)
+            except ValueError as exc:
+                results[i] = Explanation(None, "error", self.name, self.client.model, error=str(exc))
+                continue
+            asks.append((i, msgs, {"explainer": self.name, "prompt_trimmed": trimmed,
+                                   "n_examples_used": sum(map(len, groups))}))
+        completions = self.client.generate_many([m for _, m, _ in asks], max_tokens=self.max_tokens,
+                                                temperature=self.temperature) if asks else []
+        for (i, _, common), completion in zip(asks, completions):
+            results[i] = self._finish(completion, {**common, "model": completion.model or self.client.model})
+        return results
+
+    @staticmethod
+    def _finish(completion, common: dict) -> Explanation:
+        """A completion -> an Explanation: transport failures pass through, answers are parsed strictly."""
         if not completion.ok:
             return Explanation(None, completion.status, error=completion.error, **common)
         parsed = prompts.parse_explanation(completion.text)
