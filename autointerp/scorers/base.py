@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from autointerp.examples import Example, LatentRecord
+from autointerp.explainers.prompts import neutralise  # noqa: F401  (one definition for every prompt)
 from autointerp.llm.base import STATUSES, Completion, Status
 
 
@@ -123,14 +124,6 @@ def score_with_controls(scorer: Scorer, record: LatentRecord, explanation: str,
 def score_examples(record: LatentRecord) -> list[tuple[Example, int]]:
     """The record's score-split examples with labels: 1 for top/quantile, 0 for random."""
     return [(e, 0 if e.kind == "random" else 1) for e in record.split("score")]
-
-
-def neutralise(text: str) -> str:
-    """Dataset text made safe to quote in a prompt: our delimiters (``<``, ``>``) become look-alikes
-    (``‹``, ``›``) and line breaks become a visible ``⏎``, so data can neither open or close a
-    highlight/quote nor start a line that mimics the answer format."""
-    return (text.replace("<", "‹").replace(">", "›").replace("\r\n", "⏎").replace("\n", "⏎")
-            .replace("\r", "⏎"))
 
 
 @dataclass
