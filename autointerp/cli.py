@@ -20,6 +20,10 @@ def command(name: str, configure: Callable[[argparse.ArgumentParser], None]):
     return deco
 
 
+_OVERRIDABLE = ("run", "config")
+"""commands that take ``--section.field VALUE`` config overrides after their own flags."""
+
+
 class UserError(Exception):
     """An error caused by the user's input: printed as one clear message, exit code 2."""
 
@@ -321,6 +325,50 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ run
+def _run_args(p: argparse.ArgumentParser) -> None:
+    from autointerp.pipeline import STAGE_NAMES
+
+    p.add_argument("config", nargs="?", default=None, help="YAML config (default: the embedded defaults)")
+    p.add_argument("--out", default="runs/default", help="run folder (default: runs/default)")
+    p.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, default=None,
+                   help="redo this stage and every later one")
+    p.add_argument("--until", choices=STAGE_NAMES, default=None, help="stop after this stage")
+    p.add_argument("--update", action="store_true",
+                   help="the run folder was made with another config: redo the stages the changes affect")
+    p.epilog = ("Any config field can be overridden with its dotted path, e.g. --train.k 64 "
+                "--explain.llm_features 8 (see `autointerp config --print-defaults`).")
+
+
+@command("run", _run_args)
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the main job (cache, train, evaluate, examples, explain, score, report); resumes a killed run."""
+    from autointerp import pipeline
+    from autointerp.config import load_config, parse_overrides
+
+    cfg = load_config(args.config, parse_overrides(args.overrides))
+    t = time.time()
+    pipeline.run(cfg, args.out, from_stage=args.from_stage, until=args.until, update=args.update)
+    line = pipeline.summary_line(args.out) if (args.until in (None, "report")) else f"stopped after {args.until}"
+    print(f"done in {time.time() - t:.0f}s: {line}")
+    return 0
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", default=None, help="a YAML config to check and print resolved")
+    p.add_argument("--print-defaults", action="store_true", help="print a commented template of every field")
+
+
+@command("config", _config_args)
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the commented default config (--print-defaults), or check a config and print it resolved."""
+    from autointerp.config import dump_config, load_config, parse_overrides
+
+    cfg = load_config(None if args.print_defaults else args.config, parse_overrides(args.overrides))
+    sys.stdout.write(dump_config(cfg, comments=args.print_defaults))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autointerp", description=__doc__.splitlines()[0] if __doc__ else None)
@@ -332,11 +380,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Pull ``--section.field VALUE`` / ``--section.field=VALUE`` config overrides out of ``argv``."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and "." in arg.split("=", 1)[0]:
+            take = 1 if "=" in arg else 2
+            overrides.extend(argv[i:i + take])
+            i += take
+        else:
+            rest.append(arg)
+            i += 1
+    return rest, overrides
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv, overrides = _split_overrides(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if overrides and args.command not in _OVERRIDABLE:
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    args.overrides = overrides
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from autointerp.activations import CacheError
+    from autointerp.config import ConfigError
+    from autointerp.featuredb import FeatureDBError
+    from autointerp.pipeline import RunError
     from autointerp.data import CorpusError
     from autointerp.models import HookPointError, ModelNotFoundError
 
@@ -344,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _COMMANDS[args.command][1](args)
-    except (UserError, CacheError, CorpusError, HookPointError, ModelNotFoundError) as exc:
+    except (UserError, CacheError, CorpusError, HookPointError, ModelNotFoundError, ConfigError, RunError,
+            FeatureDBError) as exc:
         print(f"autointerp {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except TrainingDivergedError as exc:

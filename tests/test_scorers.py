@@ -235,6 +235,29 @@ def test_detection_oracle_random_and_always_yes():
     assert abs(rand.value - 0.5) < 0.15 and rand.ci_low < 0.5 < rand.ci_high
 
 
+def test_auroc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        y = rng.integers(0, 2, size=40)
+        y[:2] = [0, 1]
+        s = rng.integers(0, 5, size=40).astype(float)  # many ties
+        assert auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    with pytest.raises(ValueError):
+        auroc([0, 1], [0.1, float("nan")])
+
+
+def test_vectorised_auroc_bootstrap_equals_the_loop():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, size=12)
+    s = rng.integers(0, 4, size=12).astype(float)
+    fast = bootstrap_ci(y, s, statistic=auroc, n_boot=300, seed=2)
+    slow = bootstrap_ci(y, s, statistic=lambda a, b: auroc(a, b), n_boot=300, seed=2)  # not in the fast table
+    assert fast.n_valid == slow.n_valid < 300  # some resamples draw one class and are skipped
+    assert fast.low == pytest.approx(slow.low, abs=1e-12) and fast.high == pytest.approx(slow.high, abs=1e-12)
+
+
 def test_detection_auroc_from_logprobs():
     def reply(prompt, logprobs):
         p = 0.9 if " cat" in _text(prompt) else 0.3  # P(yes); generated word is the more likely one

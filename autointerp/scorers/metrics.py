@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from scipy.stats import rankdata
+from sklearn.metrics import balanced_accuracy_score
 
 
 def _flatten(x) -> np.ndarray:
@@ -57,12 +58,23 @@ def _binary(labels) -> np.ndarray:
 
 
 def auroc(labels, scores) -> float:
-    """Area under the ROC curve of ``scores`` for 0/1 ``labels``; ``ValueError`` with one class."""
+    """Area under the ROC curve of ``scores`` for 0/1 ``labels``; ``ValueError`` with one class.
+
+    Computed as the Mann-Whitney statistic ``(R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg)``
+    with ``R_pos`` the sum of the positives' (tie-averaged) ranks: the same value as
+    ``sklearn.metrics.roc_auc_score`` (ties count one half), without its per-call input
+    validation, which dominated the bootstrap (1,000 calls per interval).
+    """
     y = _binary(labels)
     s = np.asarray(scores, dtype=np.float64).ravel()
     if s.shape != y.shape:
         raise ValueError(f"labels and scores differ in length: {y.size} vs {s.size}")
-    return float(roc_auc_score(y, s))
+    if not np.isfinite(s).all():
+        raise ValueError("AUROC of non-finite scores")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    rank_sum = float(rankdata(s)[y == 1].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def balanced_accuracy(labels, predictions) -> float:
@@ -104,14 +116,33 @@ def bootstrap_ci(*columns: Sequence, statistic: Callable[..., float], n_boot: in
         raise ValueError(f"need items, n_boot >= 1 and alpha in (0, 1); "
                          f"got n={n}, n_boot={n_boot}, alpha={alpha}")
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        try:
-            values.append(statistic(*([c[i] for i in idx] for c in columns)))
-        except ValueError:
-            continue
+    idx = rng.integers(0, n, size=(n_boot, n))
+    if statistic in _VECTORISED:
+        values = list(_VECTORISED[statistic](idx, *columns))
+    else:
+        values = []
+        for row in idx:
+            try:
+                values.append(statistic(*([c[i] for i in row] for c in columns)))
+            except ValueError:
+                continue
     if len(values) < min_valid * n_boot:
         return CI(None, None, len(values))
     lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
     return CI(float(lo), float(hi), len(values))
+
+
+def _auroc_resamples(idx: np.ndarray, labels, scores) -> np.ndarray:
+    """``auroc`` of every resample at once: ``idx`` ``[n_boot, n]`` -> the defined values ``[<= n_boot]``."""
+    y = np.asarray(labels).astype(int).ravel()[idx]
+    s = np.asarray(scores, dtype=np.float64).ravel()[idx]
+    n_pos = y.sum(axis=1)
+    n_neg = y.shape[1] - n_pos
+    defined = (n_pos > 0) & (n_neg > 0) & np.isfinite(s).all(axis=1)
+    rank_sum = (rankdata(s[defined], axis=1) * y[defined]).sum(axis=1)
+    p = n_pos[defined]
+    return (rank_sum - p * (p + 1) / 2) / (p * n_neg[defined])
+
+
+_VECTORISED: dict[Callable, Callable[..., np.ndarray]] = {auroc: _auroc_resamples}
+"""statistics whose bootstrap runs as one array computation (same values as the loop)."""
