@@ -7,15 +7,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT    ?= runs/demo
-DEMO_TOKENS ?= 330000
-DEMO_HELDOUT ?= 30000
-DEMO_SHARD  ?= 256
-DEMO_LATENTS ?= 4608
-DEMO_BATCH  ?= 4096
-DEMO_EVAL_CONTEXTS ?= 64
+DEMO_ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup fetch test demo bench clean
+.PHONY: setup fetch browser test demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,19 +25,18 @@ setup: $(STAMP)
 fetch: $(STAMP)
 	$(BIN)/autointerp fetch
 
-test: fetch
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# the browser test renders the report in Debian's Chromium (installed here when missing)
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| (sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive sudo apt-get install -y -qq chromium >/dev/null)
 
-# cache -> train -> evaluate on the embedded defaults (the full explain/score job comes later)
+test: fetch browser
+	AUTOINTERP_REQUIRE_BROWSER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the main job on the embedded defaults: cache -> train -> evaluate -> examples -> explain -> score -> report
+# (resumable: run it again after an interruption; DEMO_ARGS passes overrides, e.g. --train.k 64)
 demo: fetch
-	$(BIN)/autointerp cache --model smollm2-135m --corpus python-stdlib --hookpoints blocks.15.hook_out \
-		--tokens $(DEMO_TOKENS) --shard-contexts $(DEMO_SHARD) --out $(DEMO_OUT)/activations
-	@echo "activations of smollm2-135m at blocks.15.hook_out are in $(DEMO_OUT)/activations/blocks.15.hook_out"
-	$(BIN)/autointerp train --activations $(DEMO_OUT)/activations/blocks.15.hook_out --arch topk \
-		--latents $(DEMO_LATENTS) --k 32 --batch-size $(DEMO_BATCH) --heldout-tokens $(DEMO_HELDOUT) \
-		--checkpoint-every 10 --resume --out $(DEMO_OUT)/dictionaries
-	$(BIN)/autointerp evaluate $(DEMO_OUT)/dictionaries/blocks.15.hook_out --contexts $(DEMO_EVAL_CONTEXTS)
-	@echo "dictionary, metrics.json and density.html are in $(DEMO_OUT)/dictionaries/blocks.15.hook_out"
+	$(BIN)/autointerp run --out $(DEMO_OUT) $(DEMO_ARGS)
 
 bench: fetch
 	$(BIN)/python benchmarks/bench_cache.py

@@ -334,6 +334,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, default=None,
                    help="redo this stage and every later one")
     p.add_argument("--until", choices=STAGE_NAMES, default=None, help="stop after this stage")
+    p.add_argument("--model", default=None, help="override the config's subject model")
+    p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, ...)")
+    p.add_argument("--threads", type=int, default=None, help="override the config's torch CPU threads")
     p.add_argument("--update", action="store_true",
                    help="the run folder was made with another config: redo the stages the changes affect")
     p.epilog = ("Any config field can be overridden with its dotted path, e.g. --train.k 64 "
@@ -346,7 +349,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from autointerp import pipeline
     from autointerp.config import load_config, parse_overrides
 
-    cfg = load_config(args.config, parse_overrides(args.overrides))
+    overrides = {k: v for k, v in (("model", args.model), ("device", args.device), ("threads", args.threads))
+                 if v is not None}
+    cfg = load_config(args.config, {**overrides, **parse_overrides(args.overrides)})
     t = time.time()
     pipeline.run(cfg, args.out, from_stage=args.from_stage, until=args.until, update=args.update)
     line = pipeline.summary_line(args.out) if (args.until in (None, "report")) else f"stopped after {args.until}"

@@ -440,12 +440,12 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(source: str | Path | dict | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+def load_config(source: str | Path | dict | list | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """The :class:`RunConfig` of a YAML file (or text, or mapping; ``None``: the defaults) with
     dotted ``overrides`` applied on top."""
     if source is None:
         data: Any = {}
-    elif isinstance(source, dict):
+    elif isinstance(source, (dict, list)):
         data = source
     else:
         text = Path(source).read_text() if isinstance(source, Path) or "\n" not in str(source) else str(source)

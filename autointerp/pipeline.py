@@ -187,20 +187,25 @@ def _run_examples(ctx: RunContext) -> dict:
 
 def _run_explain(ctx: RunContext) -> dict:
     from autointerp import interpret
+    from autointerp.featuredb import FeatureDB
 
     x = ctx.cfg.explain
-    out: dict[str, dict] = {}
     for folder in ctx.dictionaries():
         for name in x.explainers:
             baseline = name == interpret.BASELINE_EXPLAINER
             count = x.features if baseline else x.llm_features
             counts = interpret.explain(ctx.run.db, folder, name, client=None if baseline else ctx.client(),
-                                       features=count or None, concurrency=x.concurrency, progress=ctx.progress)
-            out.setdefault(folder.name, {})[name] = {"ok": counts.done, "failed": counts.failed}
+                                       features=interpret.FeatureSelection(count=count) if count else None,
+                                       concurrency=x.concurrency, progress=ctx.progress)
             if counts.failed:
                 log.warning("explain %s/%s: %d explanations failed (stored with their status)",
                             folder.name, name, counts.failed)
-    return {"dictionaries": out}
+    with FeatureDB(ctx.run.db) as db:  # what the store holds, this call's work and a resumed one's alike
+        rows = db.con.execute("SELECT explainer, status, COUNT(*) FROM explanations GROUP BY explainer, status")
+        out: dict[str, dict] = {}
+        for explainer, status, n in rows:
+            out.setdefault(explainer, {})[status] = n
+    return {"explanations": out}
 
 
 def _run_score(ctx: RunContext) -> dict:
@@ -406,6 +411,9 @@ def _run_stage(ctx: RunContext, stage: Stage, fingerprint: str, force: bool) -> 
     t0 = time.time()
     try:
         figures = stage.run(ctx)
+    except ValueError as exc:  # bad input met by the stage: one clear message, no traceback
+        log.error("stage %s failed after %.1fs: %s", stage.name, time.time() - t0, exc)
+        raise RunError(f"stage {stage.name}: {exc} (the run resumes from here once fixed)") from exc
     except Exception:
         log.exception("stage %s failed after %.1fs", stage.name, time.time() - t0)
         raise

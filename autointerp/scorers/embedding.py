@@ -10,6 +10,7 @@ over the score split, with a bootstrap 95% interval over the contexts. No LLM is
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,26 @@ class EmbeddingScorer(Scorer):
                  n_boot: int = 1000, seed: int = 0):
         self.tokenizer, self.model_folder = tokenizer, model_folder
         self.batch_size, self.n_boot, self.seed = batch_size, n_boot, seed
-        self._docs_key: tuple[str, ...] | None = None
-        self._docs_emb = None
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    CACHE_SIZE = 50_000
+    """texts whose embedding is kept (384 floats each: ~77 MB): contexts and explanations recur
+    across features (random contexts, an explanation and its controls), so most are embedded once."""
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """L2-normalised embeddings ``[len(texts), d]``; texts seen recently come from the cache."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            emb = load_embedder(self.model_folder).encode(missing, batch_size=self.batch_size,
+                                                          normalize_embeddings=True, convert_to_numpy=True,
+                                                          show_progress_bar=False)
+            self._cache.update(zip(missing, emb))
+        out = np.stack([self._cache[t] for t in texts])
+        for t in texts:
+            self._cache.move_to_end(t)
+        while len(self._cache) > self.CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return out
 
     def score(self, record: LatentRecord, explanation: str) -> Score:
         items = score_examples(record)
@@ -59,17 +78,9 @@ class EmbeddingScorer(Scorer):
             return Score.failed(self.name, "error", f"latent {record.latent}: the score split needs both "
                                 f"activating and random contexts, got labels {sorted(set(labels))}",
                                 n=len(items))
-        model = load_embedder(self.model_folder)
         docs = [self.tokenizer.decode(e.tokens) for e, _ in items]
-        # an explanation and its controls are scored on the same contexts: embed them once
-        key = tuple(docs)
-        if self._docs_key != key:
-            self._docs_emb = model.encode(docs, batch_size=self.batch_size, normalize_embeddings=True,
-                                          convert_to_numpy=True, show_progress_bar=False)
-            self._docs_key = key
-        query = model.encode([explanation], normalize_embeddings=True, convert_to_numpy=True,
-                             show_progress_bar=False)[0]
-        sims_N = self._docs_emb @ query
+        emb = self._embed([explanation, *docs])
+        sims_N = emb[1:] @ emb[0]
         ci = bootstrap_ci(labels, sims_N.tolist(), statistic=auroc, n_boot=self.n_boot, seed=self.seed)
         return Score(scorer=self.name, value=auroc(labels, sims_N), status="ok", n=len(items), ci_low=ci.low,
                      ci_high=ci.high, method="cosine-auroc",

@@ -1,0 +1,205 @@
+"""``autointerp run`` on the tiny model: stage records, skipping, invalidation, refusal, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from autointerp.config import dump_config, load_config
+from autointerp.pipeline import STAGE_NAMES, RunError, fingerprints, run, stage_status
+from autointerp.runfolder import RunFolder
+from helpers import AUTOINTERP, REPO
+
+LAST = STAGE_NAMES[-1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("corpus")
+    words = "alpha beta gamma delta import return class def print self value index list dict".split()
+    for i in range(8):
+        body = " ".join(words[(i * 7 + j * j) % len(words)] for j in range(400))
+        (d / f"doc{i}.txt").write_text(f"Document {i}: {body}\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tiny_model_dir, corpus):
+    return load_config({
+        "model": str(tiny_model_dir), "threads": 2,
+        "cache": {"corpus": str(corpus), "hookpoints": ["mid"], "tokens": 3000, "ctx_len": 32, "batch_size": 8,
+                  "shard_contexts": 16, "exclude_first": 1},
+        "train": {"latents": 64, "k": 4, "batch_size": 256, "heldout_tokens": 900, "checkpoint_every": 2},
+        "evaluate": {"contexts": 8},
+        "examples": {"n_top": 6, "n_quantile_bins": 2, "n_per_quantile": 2, "n_random": 6, "window_before": 4,
+                     "window_after": 2},
+        "explain": {"llm_features": 2, "concurrency": 2, "features": 12},
+        "report": {"feature_pages": "explained"},
+    })
+
+
+def _records(root: Path) -> dict[str, dict]:
+    return {s: json.loads(RunFolder(root).stage_record(s).read_text()) for s in STAGE_NAMES
+            if RunFolder(root).stage_record(s).exists()}
+
+
+def _db_state(root: Path) -> dict:
+    """What a run's features.db holds, independent of row ids and timestamps."""
+    con = sqlite3.connect(RunFolder(root).db)
+    state = {
+        "features": sorted(con.execute("SELECT dictionary, latent, density, max_act, dead FROM features")),
+        "examples": con.execute("SELECT COUNT(*) FROM examples").fetchone()[0],
+        "explanations": sorted(con.execute(
+            "SELECT f.latent, e.explainer, e.model, e.status, e.text FROM explanations e "
+            "JOIN features f ON f.id = e.feature_id")),
+        "scores": sorted(con.execute(
+            "SELECT f.latent, s.scorer, s.control, s.status, ROUND(s.value, 9) FROM scores s "
+            "JOIN features f ON f.id = s.feature_id"), key=repr),
+    }
+    con.close()
+    return state
+
+
+def _weights(root: Path) -> dict:
+    (folder,) = RunFolder(root).dictionary_dirs()
+    return load_file(folder / "weights.safetensors")
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_cfg, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("run") / "r"
+    figures = run(tiny_cfg, root, progress=False)
+    assert list(figures) == list(STAGE_NAMES)
+    return root
+
+
+def test_a_run_writes_every_stage_and_its_outputs(finished, tiny_cfg):
+    rf = RunFolder(finished)
+    recs = _records(finished)
+    assert list(recs) == list(STAGE_NAMES)
+    fps = fingerprints(tiny_cfg)
+    assert all(recs[s]["fingerprint"] == fps[s] for s in STAGE_NAMES)
+    assert load_config(rf.config) == tiny_cfg
+    assert recs["cache"]["figures"]["hookpoints"] == {"blocks.2.hook_out": recs["cache"]["figures"]["hookpoints"][
+        "blocks.2.hook_out"]}  # "mid" of the 4-layer model
+    (folder,) = rf.dictionary_dirs()
+    assert "fvu" in json.loads((folder / "metrics.json").read_text())["evaluation"]
+    state = _db_state(finished)
+    assert len(state["features"]) == 64
+    by_explainer = {}
+    for latent, explainer, *_ in state["explanations"]:
+        by_explainer[explainer] = by_explainer.get(explainer, 0) + 1
+    assert by_explainer == {"token-enrichment": 12, "token-activation": 2}
+    assert {c for _, scorer, c, *_ in state["scores"]} == {"none", "random_explanation", "baseline"}
+    log = rf.log.read_text()
+    assert all(f"stage {s}: finished in" in log for s in STAGE_NAMES)
+    assert rf.report.exists() and not list(rf.stages.glob("*.started.json"))
+
+
+def test_a_second_run_skips_every_stage(finished, tiny_cfg):
+    before = (_records(finished), _db_state(finished))
+    run(tiny_cfg, finished, progress=False)
+    assert (_records(finished), _db_state(finished)) == before
+    assert RunFolder(finished).log.read_text().count("done already") == len(STAGE_NAMES)
+
+
+def test_a_changed_field_is_refused_then_redoes_only_its_dependants(finished, tiny_cfg, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(finished, root)
+    before_recs, before_db = _records(root), _db_state(root)
+    changed = load_config(dump_config(tiny_cfg), {"explain.llm_features": 3})
+    with pytest.raises(RunError, match=r"changed: explain.llm_features\); it would redo the finished stages "
+                                       r"explain, score, report"):
+        run(changed, root, progress=False)
+    assert _records(root) == before_recs and load_config(RunFolder(root).config) == tiny_cfg  # nothing changed
+    run(changed, root, update=True, progress=False)
+    after = _records(root)
+    for s in ("cache", "train", "evaluate", "examples"):
+        assert after[s] == before_recs[s]
+    for s in ("explain", "score"):
+        assert after[s]["fingerprint"] != before_recs[s]["fingerprint"]
+    db = _db_state(root)
+    assert db["features"] == before_db["features"] and db["examples"] == before_db["examples"]
+    assert sum(e[1] == "token-activation" for e in db["explanations"]) == 3
+    assert stage_status(root) == {s: "done" for s in STAGE_NAMES}
+    # a device change redoes nothing: it is in no fingerprint
+    assert fingerprints(load_config(dump_config(changed), {"device": "cuda", "threads": 1})) == fingerprints(changed)
+
+
+def test_from_stage_redoes_that_stage_and_later_ones(finished, tiny_cfg, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(finished, root)
+    before = _records(root)
+    run(tiny_cfg, root, from_stage="score", progress=False)
+    after = _records(root)
+    assert all(after[s] == before[s] for s in STAGE_NAMES[:STAGE_NAMES.index("score")])
+    log = RunFolder(root).log.read_text().split("clearing the output")
+    assert len(log) == 3  # score and report cleared and redone
+    assert _db_state(root) == _db_state(finished)
+
+
+def test_foreign_and_future_folders_are_refused(tiny_cfg, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match="not an autointerp run folder"):
+        run(tiny_cfg, foreign, progress=False)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    future = tmp_path / "future"
+    (future / "stages").mkdir(parents=True)
+    (future / "config.yaml").write_text(dump_config(tiny_cfg))
+    (future / "stages" / "run.json").write_text(json.dumps({"format": 99}))
+    with pytest.raises(RunError, match="format 99"):
+        run(tiny_cfg, future, progress=False)
+    with pytest.raises(RunError, match="unknown stage"):
+        run(tiny_cfg, tmp_path / "new", from_stage="explian", progress=False)
+
+
+def _start(config: Path, root: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([*AUTOINTERP, "run", str(config), "--out", str(root)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_in_every_stage_then_resume_loses_and_duplicates_nothing(finished, tiny_cfg, tmp_path):
+    """Start the job, SIGKILL it as soon as stage S has started, start it again; S = each stage in turn.
+    The final run folder must equal an uninterrupted run's."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text(dump_config(tiny_cfg))
+    root = tmp_path / "killed"
+    rf = RunFolder(root)
+    killed_inside = []
+    for stage in STAGE_NAMES:
+        proc = _start(config, root)
+        deadline = time.time() + 300
+        while not rf.stage_record(f"{stage}.started").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)
+        inside = not rf.stage_record(stage).exists()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode in (-signal.SIGKILL, 0), proc.stderr.read()
+        killed_inside.append(stage) if inside else None
+    proc = _start(config, root)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    # the kills landed inside most stages (the fast ones may finish within the 50 ms)
+    assert len(killed_inside) >= 4, killed_inside
+    assert stage_status(root) == {s: "done" for s in STAGE_NAMES}
+    ref, got = _weights(finished), _weights(root)
+    assert ref.keys() == got.keys() and all((ref[k] == got[k]).all() for k in ref)
+    assert _db_state(root) == _db_state(finished)
+    manifest = json.loads((rf.activations / "blocks.2.hook_out" / "manifest.json").read_text())
+    ref_manifest = json.loads((RunFolder(finished).activations / "blocks.2.hook_out" / "manifest.json").read_text())
+    assert manifest["shards"] == ref_manifest["shards"]
