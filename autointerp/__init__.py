@@ -13,3 +13,12 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
 _os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``autointerp.open_run`` (the notebook API), imported on first use to keep ``import autointerp`` light."""
+    if name == "open_run":
+        from autointerp.explore import open_run
+
+        return open_run
+    raise AttributeError(f"module 'autointerp' has no attribute {name!r}")

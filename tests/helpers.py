@@ -66,3 +66,28 @@ def small_dictionary(tiny_model, root: Path, hookpoint: str, dead: int) -> tuple
         d.b_enc[dead] = -1e4
     dl.save(d, path)
     return path, folder
+
+
+def write_word_corpus(folder: Path, n_docs: int = 8, words_per_doc: int = 400) -> Path:
+    """Plain-text documents of code-like words, deterministic."""
+    words = "alpha beta gamma delta import return class def print self value index list dict".split()
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        body = " ".join(words[(i * 7 + j * j) % len(words)] for j in range(words_per_doc))
+        (folder / f"doc{i}.txt").write_text(f"Document {i}: {body}\n")
+    return folder
+
+
+def tiny_run_config(model_dir: Path, corpus: Path) -> dict:
+    """An ``autointerp run`` config for the tiny model that runs every stage in seconds."""
+    return {
+        "model": str(model_dir), "threads": 2,
+        "cache": {"corpus": str(corpus), "hookpoints": ["mid"], "tokens": 3000, "ctx_len": 32, "batch_size": 8,
+                  "shard_contexts": 16, "exclude_first": 1},
+        "train": {"latents": 64, "k": 4, "batch_size": 256, "heldout_tokens": 900, "checkpoint_every": 2},
+        "evaluate": {"contexts": 8},
+        "examples": {"n_top": 6, "n_quantile_bins": 2, "n_per_quantile": 2, "n_random": 6, "window_before": 4,
+                     "window_after": 2},
+        "explain": {"llm_features": 2, "concurrency": 2, "features": 12},
+        "report": {"feature_pages": "explained"},
+    }

@@ -16,34 +16,14 @@ from safetensors.torch import load_file
 from autointerp.config import dump_config, load_config
 from autointerp.pipeline import STAGE_NAMES, RunError, fingerprints, run, stage_status
 from autointerp.runfolder import RunFolder
-from helpers import AUTOINTERP, REPO
+from helpers import AUTOINTERP, REPO, tiny_run_config, write_word_corpus
 
 LAST = STAGE_NAMES[-1]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("corpus")
-    words = "alpha beta gamma delta import return class def print self value index list dict".split()
-    for i in range(8):
-        body = " ".join(words[(i * 7 + j * j) % len(words)] for j in range(400))
-        (d / f"doc{i}.txt").write_text(f"Document {i}: {body}\n")
-    return d
-
-
-@pytest.fixture(scope="module")
-def tiny_cfg(tiny_model_dir, corpus):
-    return load_config({
-        "model": str(tiny_model_dir), "threads": 2,
-        "cache": {"corpus": str(corpus), "hookpoints": ["mid"], "tokens": 3000, "ctx_len": 32, "batch_size": 8,
-                  "shard_contexts": 16, "exclude_first": 1},
-        "train": {"latents": 64, "k": 4, "batch_size": 256, "heldout_tokens": 900, "checkpoint_every": 2},
-        "evaluate": {"contexts": 8},
-        "examples": {"n_top": 6, "n_quantile_bins": 2, "n_per_quantile": 2, "n_random": 6, "window_before": 4,
-                     "window_after": 2},
-        "explain": {"llm_features": 2, "concurrency": 2, "features": 12},
-        "report": {"feature_pages": "explained"},
-    })
+def tiny_cfg(tiny_model_dir, tmp_path_factory):
+    return load_config(tiny_run_config(tiny_model_dir, write_word_corpus(tmp_path_factory.mktemp("corpus"))))
 
 
 def _records(root: Path) -> dict[str, dict]:
