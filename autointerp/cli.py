@@ -359,6 +359,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder")
+    p.add_argument("--feature-pages", default="explained", help="explained (default), all, or a number N (the first N)")
+
+
+@command("report", _report_args)
+def cmd_report(args: argparse.Namespace) -> int:
+    """(Re)write a run folder's report.html and feature pages from what it holds now."""
+    from autointerp.report import build_report
+    from autointerp.runfolder import RunFolder
+
+    if not RunFolder(args.run).db.exists():
+        raise UserError(f"{args.run} has no features.db: run `autointerp run` (at least to the examples stage) first")
+    pages = int(args.feature_pages) if args.feature_pages.isdigit() else args.feature_pages
+    try:
+        print(build_report(args.run, feature_pages=pages))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return 0
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", default=None, help="a YAML config to check and print resolved")
     p.add_argument("--print-defaults", action="store_true", help="print a commented template of every field")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 
 import pytest
@@ -31,15 +32,19 @@ def test_hookpoints_lists_names_with_shapes(tiny_model_dir):
 
 
 @pytest.mark.real_model
-def test_demo_caches_the_real_model(tmp_path, real_model):
-    """`make demo` with a small budget: the real model's activations land where it says, and a
-    dictionary is trained and evaluated on them."""
-    proc = subprocess.run(["make", "-s", "demo", f"DEMO_OUT={tmp_path}", "DEMO_TOKENS=4000", "DEMO_SHARD=16",
-                           "DEMO_HELDOUT=1000", "DEMO_LATENTS=256", "DEMO_BATCH=256", "DEMO_EVAL_CONTEXTS=4"],
+def test_demo_runs_every_stage_on_the_real_model(tmp_path, real_model):
+    """`make demo` with a small budget: every stage of `autointerp run` on SmolLM2-135M, from the
+    cached activations (checked against plain transformers) to the report."""
+    overrides = ("--cache.tokens 4000 --cache.shard_contexts 16 --train.heldout_tokens 1000 --train.latents 256 "
+                 "--train.batch_size 256 --evaluate.contexts 4 --explain.features 20 --explain.llm_features 2 "
+                 "--explain.concurrency 2")
+    proc = subprocess.run(["make", "-s", "demo", f"DEMO_OUT={tmp_path}", f"DEMO_ARGS={overrides}"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "features alive" in last and "FVU" in last and "CE recovered" in last and "embedding median" in last
+    assert str(tmp_path / "report.html") in last and (tmp_path / "report.html").exists()
     folder = tmp_path / "activations" / "blocks.15.hook_out"
-    assert str(folder) in proc.stdout
     m = read_manifest(folder)
     assert (m["tokens"], m["d"], m["model"]["spec"]) == (4000, 576, "smollm2-135m")
     shard = next(iter_shards(folder))
@@ -53,3 +58,10 @@ def test_demo_caches_the_real_model(tmp_path, real_model):
     assert norms.max() < 5 * norms.median()
     evaluation = json.loads((tmp_path / "dictionaries" / "blocks.15.hook_out" / "metrics.json").read_text())["evaluation"]
     assert 0 < evaluation["fvu"] < 1 and evaluation["l0"] <= 32 and "ce_recovered_zero" in evaluation
+    with sqlite3.connect(tmp_path / "features.db") as con:
+        by = dict(con.execute("SELECT explainer, COUNT(*) FROM explanations GROUP BY explainer").fetchall())
+        assert by == {"token-enrichment": 20, "token-activation": 2}  # the embedded model's: ok or a failure status
+        controls = {c for (c,) in con.execute("SELECT DISTINCT control FROM scores WHERE status = 'ok'")}
+        assert controls == {"none", "random_explanation", "baseline"}
+        pages = len(list((tmp_path / "features").glob("*.html")))
+        assert pages == con.execute("SELECT COUNT(DISTINCT feature_id) FROM explanations").fetchone()[0]
