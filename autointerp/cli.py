@@ -380,6 +380,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_args(p: argparse.ArgumentParser) -> None:
+    from autointerp.search import configure_search_args
+
+    configure_search_args(p)
+
+
+@command("search", _search_args)
+def cmd_search(args: argparse.Namespace) -> int:
+    """Search a run's features: by meaning of their explanations, by words (--fts), or by firing on a text (--text)."""
+    from autointerp.search import run_search
+
+    return run_search(args)
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", default=None, help="a YAML config to check and print resolved")
     p.add_argument("--print-defaults", action="store_true", help="print a commented template of every field")
@@ -435,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     from autointerp.config import ConfigError
     from autointerp.featuredb import FeatureDBError
     from autointerp.pipeline import RunError
+    from autointerp.search import SearchError
     from autointerp.data import CorpusError
     from autointerp.models import HookPointError, ModelNotFoundError
 
@@ -443,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command][1](args)
     except (UserError, CacheError, CorpusError, HookPointError, ModelNotFoundError, ConfigError, RunError,
-            FeatureDBError) as exc:
+            FeatureDBError, SearchError) as exc:
         print(f"autointerp {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except TrainingDivergedError as exc:

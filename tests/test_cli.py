@@ -65,3 +65,10 @@ def test_demo_runs_every_stage_on_the_real_model(tmp_path, real_model):
         assert controls == {"none", "random_explanation", "baseline"}
         pages = len(list((tmp_path / "features").glob("*.html")))
         assert pages == con.execute("SELECT COUNT(DISTINCT feature_id) FROM explanations").fetchone()[0]
+
+
+def test_search_and_report_refuse_a_folder_without_features(tmp_path):
+    for args in (("search", str(tmp_path), "imports"), ("report", str(tmp_path))):
+        proc = run_cli(*args, check=False)
+        assert proc.returncode == 2 and "features.db" in proc.stderr
+    assert not (tmp_path / "features.db").exists()
