@@ -105,12 +105,18 @@ def _scores_html(scores: list[dict], explanations: list[dict]) -> str:
 
 
 def token_spans(tokens: list[str], acts: list[float], scale: float, peak: int | None = None) -> str:
-    """Tokens as inline spans, background by activation / ``scale``, the value on hover."""
+    """Tokens as inline spans, background by activation / ``scale``, the value on hover.
+
+    Tokens where the feature is silent (most of them) get a bare span with no hover text: a page
+    holds thousands of tokens, and this keeps it about a third of the size."""
     out = []
     for i, (tok, a) in enumerate(zip(tokens, acts)):
+        pk = " pk" if i == peak else ""
+        if a == 0 and not pk:
+            out.append(f'<span class="tok">{esc(show_whitespace(tok))}</span>')
+            continue
         alpha = min(1.0, max(0.0, a / scale)) * 0.85 if scale > 0 else 0.0
         style = f' style="background:rgba(255,140,0,{alpha:.2f})"' if alpha >= 0.01 else ""
-        pk = " pk" if i == peak else ""
         out.append(f'<span class="tok{pk}"{style} title="{esc(f"{tok!r} activation {a:.4f}")}">'
                    f"{esc(show_whitespace(tok))}</span>")
     return "".join(out)
