@@ -331,7 +331,7 @@ class FeatureDB:
         feature."""
         if control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
-        own = "s.explanation_id = e.id" if control == "none" else "1"
+        own = "1" if control == "baseline" else "s.explanation_id = e.id"
         return self._dicts(
             "SELECT f.id AS feature_id, f.dictionary, f.latent, e.id AS explanation_id, e.explainer, "
             "e.model AS explainer_model, e.text FROM explanations e JOIN features f ON f.id = e.feature_id "

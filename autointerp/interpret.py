@@ -335,7 +335,7 @@ def score(db_path: str | Path, dictionary_dir: str | Path, scorer_name: str, cli
     counts = RunCounts()
     with FeatureDB(db_path) as db:
         rows: dict[int, dict] = {}
-        for control in ("none", "random_explanation"):
+        for control in ("none", "random_explanation", "baseline"):  # a failed control is work to redo too
             for r in db.scores_todo(scorer_name, model, control, explainer=explainer_name):
                 if r["dictionary"] == name:
                     rows.setdefault(r["explanation_id"], r)

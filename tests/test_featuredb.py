@@ -113,9 +113,16 @@ def test_todo_lists_shrink_and_failures_come_back(db):
         db.put_score(ids[0], None, "detection", "s", "ok", value=0.5, control="baseline")
     assert len(db.scores(ids[0])) == 2
     assert [r["latent"] for r in db.scores_todo("detection", "s", control="baseline")] == [1]
+    # a random-explanation control belongs to its explanation: a second explanation of feature 0
+    # is still to do under that control when the first one's is done
+    db.put_score(ids[0], e0, "detection", "s", "ok", value=0.4, control="random_explanation")
+    e0b = db.put_explanation(ids[0], "other", "m", "ok", text="z")
+    rtodo = [(r["latent"], r["explanation_id"]) for r in db.scores_todo("detection", "s", "random_explanation")]
+    assert (0, e0b) in rtodo and (0, e0) not in rtodo
     # a new ok text for an explanation invalidates the scores of the old text
     db.put_explanation(ids[0], "top", "m", "ok", text="x, revised")
-    assert db.scores(explanation_id=e0) == [] and stodo() == [0]
+    assert db.scores(explanation_id=e0) == []
+    assert [r["latent"] for r in db.scores_todo("detection", "s", explainer="top")] == [0]
 
 
 def test_transaction_is_atomic_and_readers_see_committed_state(db, tmp_path):

@@ -101,6 +101,16 @@ def test_enrichment_then_embedding_with_controls(dictionary_dir, db_copy, tok):
     assert s["none"]["n"] == s["random_explanation"]["n"] >= 1 and s["baseline"]["n"] >= 1
     assert s["none"]["n"] + s["none"]["failed"] == len(ok)
     assert 0 <= s["none"]["median"] <= 1
+    # a control that failed (say the process died mid-way through an earlier version) is redone
+    with FeatureDB(db_copy) as db:
+        row = next(r for r in db.scores(status="ok") if r["control"] == "baseline")
+        db.con.execute("UPDATE scores SET status = 'error', value = NULL, ci_low = NULL, ci_high = NULL, "
+                       "error = 'simulated' WHERE id = ?", (row["id"],))
+        db.con.commit()
+    score(db_copy, dictionary_dir, "embedding", tokenizer=tok, progress=False)
+    with FeatureDB(db_copy) as db:
+        again = next(r for r in db.scores(row["feature_id"]) if r["control"] == "baseline")
+        assert again["status"] == "ok" and again["value"] == row["value"]
 
 
 def test_llm_failures_are_stored_and_redone(dictionary_dir, db_copy, tok, monkeypatch):
