@@ -12,13 +12,18 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from helpers import REPO
 from report_run import build_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOTS = REPO / "benchmarks" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    """Where the screenshots go: ``$AUTOINTERP_SCREENSHOTS`` (e.g. benchmarks/screenshots), else a temp folder."""
+    where = os.environ.get("AUTOINTERP_SCREENSHOTS")
+    return Path(where) if where else tmp_path_factory.mktemp("screenshots")
 
 
 def _missing() -> str | None:
@@ -94,7 +99,7 @@ def _visible_rows(page) -> list[list[str]]:
                               ".map(tr => Array.from(tr.cells).map(td => td.textContent))")
 
 
-def test_report_renders_sorts_filters(browser, built):
+def test_report_renders_sorts_filters(browser, built, screenshots):
     run = built["run"]
     visit = Visit(browser, run / "report.html")
     page = visit.page
@@ -111,15 +116,15 @@ def test_report_renders_sorts_filters(browser, built):
     page.fill("#filter", "no such text anywhere")
     assert _visible_rows(page) == []
     page.fill("#filter", "")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "report.png"), full_page=True)
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshots / "report.png"), full_page=True)
     page.locator("#features a", has_text=str(built["probe"])).first.click()
     page.wait_for_selector(".js-plotly-plot")
     assert page.url.endswith(f"features/{built['probe']}.html")
     visit.assert_clean(run)
 
 
-def test_feature_page_renders_without_xss(browser, built):
+def test_feature_page_renders_without_xss(browser, built, screenshots):
     run = built["run"]
     visit = Visit(browser, run / "features" / f"{built['probe']}.html")
     page = visit.page
@@ -128,5 +133,5 @@ def test_feature_page_renders_without_xss(browser, built):
     assert page.locator("text=<script>alert(1);window.__xss=1</script>").count() >= 1  # shown as text
     titles = page.eval_on_selector_all(".example .tok", "els => els.map(e => e.title)")
     assert all("activation" in t for t in titles)
-    page.screenshot(path=str(SCREENSHOTS / "feature.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "feature.png"), full_page=True)
     visit.assert_clean(run)
