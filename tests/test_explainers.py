@@ -352,3 +352,20 @@ def test_explain_many_sends_one_batch_and_keeps_order(tok, record):
     assert client.batches == [2]
     assert [e.status for e in out] == ["ok", "error", "ok"]
     assert [e.text for e in out] == ["answer 0", None, "answer 1"]
+
+
+def test_prefill_clients_get_the_marker_and_the_answer_is_parsed_with_it(tok, record):
+    """A client that continues a started answer is sent the marker as the assistant's opening; the
+    stored raw answer is the marker joined with the continuation, parsed as strictly as ever."""
+    class Prefilling(ScriptedClient):
+        supports_prefill = True
+
+    good = Prefilling(" the word cat\nThe code is designed to ...")
+    e = build_explainer("token-activation", client=good, tokenizer=tok).explain(record)
+    assert good.seen[0][-1] == {"role": "assistant", "content": "EXPLANATION:"}
+    plain = ScriptedClient()  # no prefill support: the same conversation without the opening
+    build_explainer("token-activation", client=plain, tokenizer=tok).explain(record)
+    assert good.seen[0][:-1] == plain.seen[0] and plain.seen[0][-1]["role"] == "user"
+    assert e.status == "ok" and e.text == "the word cat" and e.raw.startswith("EXPLANATION: the word cat")
+    bad = Prefilling(" a\nEXPLANATION: b")  # two answer lines: still a parse error
+    assert build_explainer("token-activation", client=bad, tokenizer=tok).explain(record).status == "parse_error"

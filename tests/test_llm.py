@@ -310,3 +310,14 @@ def test_local_client_answers_on_the_real_model(real_model):
     client = LocalClient(real_model, max_new_tokens=16)
     answer = client.generate([{"role": "user", "content": "What is the capital of France?"}], max_tokens=16)
     assert answer.ok and "Paris" in answer.text
+
+
+def test_local_prefill_continues_the_assistant_message(local_client):
+    """A conversation ending in an assistant message is continued inside that message: the prompt
+    ends with the prefill (no end-of-turn token), where a plain one ends with the turn opening."""
+    tok = local_client.tokenizer
+    plain = tok.decode(local_client.prompt_ids(SHORT))
+    prefilled = tok.decode(local_client.prompt_ids([*SHORT, {"role": "assistant", "content": "EXPLANATION:"}]))
+    assert prefilled == plain + "EXPLANATION:"
+    assert local_client.supports_prefill and local_client.generate(
+        [*SHORT, {"role": "assistant", "content": "EXPLANATION:"}], max_tokens=3).ok

@@ -114,10 +114,15 @@ class LLMClient(ABC):
     ``generate_many`` defaults to calling ``generate`` in order; clients override it with
     batching (local models) or bounded concurrency (HTTP APIs). Either way the i-th result
     answers the i-th request.
+
+    Answer prefill: where ``supports_prefill`` is true, a conversation that ends with an
+    ``assistant`` message is continued, not answered: the completion's text is what follows that
+    message's content (the caller joins them). Other clients send such a conversation as is.
     """
 
     model: str = ""
     supports_logprobs: bool = False
+    supports_prefill: bool = False
 
     @abstractmethod
     def generate(self, messages: list[Message], *, max_tokens: int, temperature: float = 0.0,

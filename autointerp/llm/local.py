@@ -23,6 +23,7 @@ from autointerp.llm.cache import ResponseCache
 
 class LocalClient(LLMClient):
     supports_logprobs = True
+    supports_prefill = True
 
     def __init__(self, model, device: str = "cpu", batch_size: int = 8, max_new_tokens: int = 512,
                  cache: ResponseCache | None = None):
@@ -96,8 +97,11 @@ class LocalClient(LLMClient):
         return results
 
     def prompt_ids(self, messages: list[Message]) -> list[int]:
-        """Token ids of the chat-templated conversation, ending with the assistant's turn opening."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        """Token ids of the chat-templated conversation, ending with the assistant's turn opening,
+        or, when the last message is the assistant's (a prefill), inside that message."""
+        prefill = messages[-1]["role"] == "assistant"
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not prefill,
+                                                  continue_final_message=prefill)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     @torch.inference_mode()
