@@ -132,6 +132,7 @@ def test_feature_page_renders_without_xss(browser, built, screenshots):
     assert page.locator(".example .tok").count() > 20
     assert page.locator("text=<script>alert(1);window.__xss=1</script>").count() >= 1  # shown as text
     titles = page.eval_on_selector_all(".example .tok", "els => els.map(e => e.title)")
-    assert all("activation" in t for t in titles)
+    firing = [t for t in titles if t]  # silent tokens carry no hover text; every firing one its value
+    assert firing and all("activation" in t for t in firing) and len(firing) < len(titles)
     page.screenshot(path=str(screenshots / "feature.png"), full_page=True)
     visit.assert_clean(run)
