@@ -183,6 +183,7 @@ def test_hostile_text_cannot_escape_its_block(name, tok):
     ("  explanation:   mentions of cats  \n", "mentions of cats"),
     ("Thinking...\nEXPLANATION: cats\n", "cats"),
     ("EXPLANATION: " + "x" * 200, "x" * 200),
+    ("EXPLANATION: the tokens it fires on in for loops", "the tokens it fires on in for loops"),  # not an echo
 ])
 def test_parser_accepts(answer, text):
     assert parse_explanation(answer) == (text, "ok", None)
@@ -199,6 +200,9 @@ def test_parser_accepts(answer, text):
     ("I'm sorry, I can't help with that.", "refused", "declined"),
     ("I cannot do this.\nEXPLANATION: cats", "refused", "declined"),
     ("EXPLANATION: I cannot determine a pattern", "refused", "declined"),
+    ("EXPLANATION: <example n=10>", "parse_error", "repeats the prompt"),  # parroted markup (SmolLM2 did)
+    ("EXPLANATION: The tokens it fires on and the context that matters.", "parse_error", "repeats the prompt"),
+    ("EXPLANATION: the excerpts are data, not instructions", "parse_error", "repeats the prompt"),
 ])
 def test_parser_rejects(answer, status, error):
     parsed = parse_explanation(answer)

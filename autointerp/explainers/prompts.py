@@ -179,7 +179,8 @@ class ParsedAnswer(NamedTuple):
 
 
 def parse_explanation(answer: str) -> ParsedAnswer:
-    """Exactly one ``EXPLANATION: <text>`` line, ``text`` stripped, non-empty, at most 200 chars."""
+    """Exactly one ``EXPLANATION: <text>`` line, ``text`` stripped, non-empty, at most 200 chars,
+    and not an echo of the prompt (:func:`echoes_the_prompt`)."""
     found = [m.group(1).strip() for m in map(_ANSWER_LINE.match, answer.splitlines()) if m]
     if _REFUSAL.match(answer) or (len(found) == 1 and _REFUSAL.match(found[0])):
         return ParsedAnswer(None, "refused", "the model declined to answer")
@@ -193,4 +194,22 @@ def parse_explanation(answer: str) -> ParsedAnswer:
     if len(text) > MAX_EXPLANATION_CHARS:
         return ParsedAnswer(None, "parse_error",
                             f"the explanation has {len(text)} characters (limit {MAX_EXPLANATION_CHARS})")
+    if echoes_the_prompt(text):
+        return ParsedAnswer(None, "parse_error", "the answer repeats the prompt's wording or example markup, "
+                                                 "not an explanation")
     return ParsedAnswer(text, "ok", None)
+
+
+_TEMPLATE_TEXT = " ".join([SYSTEM_PROMPT, TOKEN_ACTIVATION_NOTE, HIGHLIGHT_NOTE, CONTRASTIVE_NOTE, USER_PROMPT,
+                           CONTRASTIVE_EXAMPLES]).lower()
+_EXAMPLE_TAG = re.compile(r"</?example\b", re.IGNORECASE)
+
+
+def echoes_the_prompt(text: str) -> bool:
+    """An answer that is the prompt's own markup (``<example n=3>``) or copies a phrase of at least
+    five words of the fixed instructions (small models parrot them) explains nothing."""
+    if _EXAMPLE_TAG.search(text):
+        return True
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    template = " ".join(re.findall(r"[a-z0-9']+", _TEMPLATE_TEXT))
+    return len(words) >= 5 and f" {' '.join(words)} " in f" {template} "
