@@ -12,6 +12,7 @@
       report.html                     the run at a glance
       features/<id>.html              one page per feature (``id`` = the features.db row id)
       assets/plotly.min.js            plotly's JavaScript, served locally (no CDN)
+      search/                         search indexes (MiniLM embeddings, FTS5), rebuilt from features.db
 
 Everything that reads or writes a run goes through :class:`RunFolder`, so the layout lives here
 only.
