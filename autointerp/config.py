@@ -448,7 +448,10 @@ def load_config(source: str | Path | dict | list | None = None, overrides: dict[
     elif isinstance(source, (dict, list)):
         data = source
     else:
-        text = Path(source).read_text() if isinstance(source, Path) or "\n" not in str(source) else str(source)
+        is_path = isinstance(source, Path) or "\n" not in str(source)
+        if is_path and not Path(source).is_file():
+            raise ConfigError(f"config file {source} not found")
+        text = Path(source).read_text() if is_path else str(source)
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

@@ -79,6 +79,8 @@ def test_malformed_yaml_is_a_clear_error(tmp_path):
     path.write_text("train:\n  k: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
 
 
 def test_config_command_prints_template_and_checks_files(tmp_path):
