@@ -25,9 +25,23 @@ from typing import Any
 
 import yaml
 
+from autointerp.activations import CacheConfig
+from autointerp.data import ContextConfig, ExclusionRules
+from autointerp.examples import ExamplesConfig
+from autointerp.training import TrainJob
+
 
 class ConfigError(ValueError):
     """A config that cannot be used: unknown field, wrong type, failed cross-field check."""
+
+
+def _checked(section: str, build: Any) -> None:
+    """Run ``build()`` (which constructs the job object a section maps onto) so that the job's own
+    checks apply at load time; its ``ValueError`` becomes a ``ConfigError`` naming the section."""
+    try:
+        build()
+    except ValueError as exc:
+        raise ConfigError(f"{section}: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------- sections
@@ -37,62 +51,61 @@ class CacheSection:
 
     corpus: str = "python-stdlib"
     """corpus: python-stdlib (embedded), a .txt/.jsonl/.parquet file, a folder, or a datasets folder."""
-    text_field: str = "text"
+    text_field: str = ContextConfig.text_field
     """field or column holding the text in JSONL, Parquet and datasets corpora."""
     hookpoints: list[str] = field(default_factory=lambda: ["mid"])
     """TransformerLens hook points; "mid" is blocks.<n_layers // 2>.hook_out (the residual stream at mid depth)."""
     tokens: int = 330_000
     """activation rows to cache (after exclusions); the trailing train.heldout_tokens are held out."""
-    ctx_len: int = 128
+    ctx_len: int = ContextConfig.ctx_len
     """tokens per context, BOS included."""
-    packing: str = "packed"
+    packing: str = ContextConfig.packing
     """packed (documents joined, cut into contexts) or document (one document per context)."""
-    exclude_first: int = 4
+    exclude_first: int = ExclusionRules.first_positions
     """drop the first N positions of every context (attention sinks) from the cache."""
     keep_special: bool = False
     """keep special tokens (BOS, separators, padding) in the cache."""
-    batch_size: int = 16
+    batch_size: int = CacheConfig.batch_size
     """contexts per forward pass."""
-    shard_contexts: int = 256
+    shard_contexts: int = CacheConfig.shard_contexts
     """contexts per shard (a multiple of batch_size)."""
-    dtype: str = "float32"
+    dtype: str = CacheConfig.dtype
     """storage dtype: float32, float16 or bfloat16."""
 
     def __post_init__(self) -> None:
-        if not self.hookpoints:
-            raise ConfigError("cache.hookpoints: at least one hook point is needed")
-        if self.tokens <= 0:
-            raise ConfigError(f"cache.tokens must be positive, got {self.tokens}")
-        if self.packing not in ("packed", "document"):
-            raise ConfigError(f"cache.packing must be 'packed' or 'document', got {self.packing!r}")
-        if self.dtype not in ("float32", "float16", "bfloat16"):
-            raise ConfigError(f"cache.dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
-        if self.batch_size <= 0 or self.shard_contexts % self.batch_size:
-            raise ConfigError(f"cache.shard_contexts ({self.shard_contexts}) must be a multiple of "
-                              f"cache.batch_size ({self.batch_size})")
-        if not 0 <= self.exclude_first < self.ctx_len:
-            raise ConfigError(f"cache.exclude_first ({self.exclude_first}) must be in [0, ctx_len={self.ctx_len})")
+        if self.exclude_first < 0:
+            raise ConfigError(f"cache.exclude_first must be >= 0, got {self.exclude_first}")
+        _checked("cache", lambda: self.job("model", "cpu", self.hookpoints))
+
+    def job(self, model: str, device: str, hookpoints: list[str]) -> CacheConfig:
+        """The :class:`CacheConfig` of this section (its checks are the section's checks)."""
+        return CacheConfig(model=model, hookpoints=hookpoints, corpus=self.corpus, tokens=self.tokens,
+                           batch_size=self.batch_size, shard_contexts=self.shard_contexts, dtype=self.dtype,
+                           device=device,
+                           context=ContextConfig(ctx_len=self.ctx_len, packing=self.packing, text_field=self.text_field,
+                                                 exclude=ExclusionRules(special_tokens=not self.keep_special,
+                                                                        first_positions=self.exclude_first)))
 
 
 @dataclass
 class TrainSection:
     """Stage ``train``: one sparse dictionary per hook point."""
 
-    arch: str = "topk"
+    arch: str = TrainJob.arch
     """relu, topk, batchtopk or jumprelu."""
     latents: int = 4608
     """dictionary size."""
     k: int = 32
     """active latents per token (topk, batchtopk)."""
-    batch_size: int = 4096
+    batch_size: int = TrainJob.batch_size
     """activation rows per step."""
-    epochs: int = 1
+    epochs: int = TrainJob.epochs
     """passes over the training tokens."""
-    heldout_tokens: int = 30_000
+    heldout_tokens: int = TrainJob.heldout_tokens
     """trailing cache tokens never trained on: the held-out set of evaluate, examples and scores."""
     lr: float | None = None
     """learning rate; null: the dictionaries library's size-scaled default."""
-    seed: int = 0
+    seed: int = TrainJob.seed
     """initialisation and shuffling seed."""
     checkpoint_every: int = 10
     """steps between checkpoints (a killed run resumes from the last one)."""
@@ -105,6 +118,12 @@ class TrainSection:
             raise ConfigError(f"train.k ({self.k}) cannot exceed train.latents ({self.latents})")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
+
+    def job(self, activations: list[str], out: str) -> TrainJob:
+        """The :class:`TrainJob` of this section over the given cache folders."""
+        return TrainJob(activations=activations, out=out, arch=self.arch, latents=[self.latents], k=[self.k],
+                        batch_size=self.batch_size, epochs=self.epochs, heldout_tokens=self.heldout_tokens,
+                        lr=self.lr, seed=self.seed, checkpoint_every=self.checkpoint_every)
 
 
 @dataclass
@@ -125,31 +144,37 @@ class EvaluateSection:
 class ExamplesSection:
     """Stage ``examples``: each latent's held-out examples (half to explain, half to score)."""
 
-    n_top: int = 20
+    n_top: int = ExamplesConfig.n_top
     """top-activating contexts per latent."""
-    n_quantile_bins: int = 5
+    n_quantile_bins: int = ExamplesConfig.n_quantile_bins
     """activation quantile bins sampled below the top."""
-    n_per_quantile: int = 4
+    n_per_quantile: int = ExamplesConfig.n_per_quantile
     """contexts per quantile bin."""
-    n_random: int = 20
+    n_random: int = ExamplesConfig.n_random
     """contexts where the latent does not fire."""
-    window_before: int = 16
+    window_before: int = ExamplesConfig.window[0]
     """tokens kept before the peak."""
-    window_after: int = 8
+    window_after: int = ExamplesConfig.window[1]
     """tokens kept after the peak."""
-    explain_fraction: float = 0.5
+    explain_fraction: float = ExamplesConfig.explain_fraction
     """share of each kind of example shown to the explainer; the rest are kept for scoring."""
-    seed: int = 0
+    seed: int = ExamplesConfig.seed
     """sampling seed."""
 
     def __post_init__(self) -> None:
+        # stricter than ExamplesConfig: both splits must get examples, and explanations need top ones
         if not 0.0 < self.explain_fraction < 1.0:
             raise ConfigError(f"examples.explain_fraction must be in (0, 1), got {self.explain_fraction}")
-        for name in ("n_top", "n_quantile_bins", "n_per_quantile", "n_random", "window_before", "window_after"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"examples.{name} must be >= 0, got {getattr(self, name)}")
-        if self.n_top == 0:
+        if self.n_top <= 0:
             raise ConfigError("examples.n_top must be positive: explanations are written from the top examples")
+        _checked("examples", self.job)
+
+    def job(self) -> ExamplesConfig:
+        """The :class:`ExamplesConfig` of this section."""
+        return ExamplesConfig(n_top=self.n_top, n_quantile_bins=self.n_quantile_bins,
+                              n_per_quantile=self.n_per_quantile, n_random=self.n_random,
+                              window=(self.window_before, self.window_after),
+                              explain_fraction=self.explain_fraction, seed=self.seed)
 
 
 @dataclass

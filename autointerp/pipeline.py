@@ -108,18 +108,11 @@ def _resolve_hookpoints(names: list[str], n_layers: int) -> list[str]:
 
 
 def _run_cache(ctx: RunContext) -> dict:
-    from autointerp.activations import CacheConfig, cache_activations, read_manifest
-    from autointerp.data import ContextConfig, ExclusionRules
+    from autointerp.activations import cache_activations, read_manifest
 
     c = ctx.cfg.cache
     model = ctx.model()
-    hookpoints = _resolve_hookpoints(c.hookpoints, model.n_layers)
-    cache_cfg = CacheConfig(
-        model=ctx.cfg.model, hookpoints=hookpoints, corpus=c.corpus, tokens=c.tokens, batch_size=c.batch_size,
-        shard_contexts=c.shard_contexts, dtype=c.dtype, device=ctx.cfg.device,
-        context=ContextConfig(ctx_len=c.ctx_len, packing=c.packing, text_field=c.text_field,
-                              exclude=ExclusionRules(special_tokens=not c.keep_special,
-                                                     first_positions=c.exclude_first)))
+    cache_cfg = c.job(ctx.cfg.model, ctx.cfg.device, _resolve_hookpoints(c.hookpoints, model.n_layers))
     folders = cache_activations(cache_cfg, ctx.run.activations, model=model)
     figures = {}
     for hp, folder in folders.items():
@@ -138,12 +131,9 @@ def _cache_folders(ctx: RunContext) -> list[str]:
 
 
 def _run_train(ctx: RunContext) -> dict:
-    from autointerp.training import TrainJob, train_from_cache
+    from autointerp.training import train_from_cache
 
-    t = ctx.cfg.train
-    job = TrainJob(activations=_cache_folders(ctx), out=str(ctx.run.dictionaries), arch=t.arch, latents=[t.latents],
-                   k=[t.k], batch_size=t.batch_size, epochs=t.epochs, heldout_tokens=t.heldout_tokens, lr=t.lr,
-                   seed=t.seed, checkpoint_every=t.checkpoint_every)
+    job = ctx.cfg.train.job(_cache_folders(ctx), str(ctx.run.dictionaries))
     trained = train_from_cache(job, resume=True, progress=ctx.progress)
     out = {}
     for name, tr in trained.items():
@@ -168,14 +158,10 @@ def _run_evaluate(ctx: RunContext) -> dict:
 
 
 def _run_examples(ctx: RunContext) -> dict:
-    from autointerp.examples import ExamplesConfig
     from autointerp.featuredb import FeatureDB
     from autointerp.interpret import dictionary_name, prepare_features
 
-    x = ctx.cfg.examples
-    ecfg = ExamplesConfig(n_top=x.n_top, n_quantile_bins=x.n_quantile_bins, n_per_quantile=x.n_per_quantile,
-                          n_random=x.n_random, window=(x.window_before, x.window_after),
-                          explain_fraction=x.explain_fraction, seed=x.seed)
+    ecfg = ctx.cfg.examples.job()
     out = {}
     for folder in ctx.dictionaries():
         prepare_features(folder, ctx.run.db, ecfg, progress=ctx.progress, device=ctx.cfg.device)
