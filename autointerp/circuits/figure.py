@@ -14,6 +14,7 @@ itself travels in a ``<script type="application/json">`` block written by
 
 from __future__ import annotations
 
+import hashlib
 import html
 from itertools import count
 
@@ -115,7 +116,9 @@ def circuit_fragment_html(graph: dict, plotly_src: str | None = None) -> str:
     to load it here; nothing is fetched from a network."""
     from autointerp.report.html import json_block
 
-    n = next(_ids)
+    # unique on a page that shows several graphs, also when fragments come from different processes
+    n = hashlib.blake2b(f"{graph['target']['spec']}\0{graph['prompt']}\0{next(_ids)}".encode(),
+                        digest_size=5).hexdigest()
     div, data = f"circuit-{n}", f"circuit-data-{n}"
     comp, abl, pr = graph["completeness"], graph.get("ablation") or {}, graph["pruning"]
     checks = (f"completeness: target {comp['target_value']:.4g} = bias {comp['bias']:.4g} + attributions "
