@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import dictionaries as dl
-from autointerp.circuits import COMPLETENESS_TOL, CircuitError, circuit, circuit_fragment_html, load_circuit
+from autointerp.circuits import (COMPLETENESS_TOL, CircuitError, circuit, circuit_figure, circuit_fragment_html,
+                                 load_circuit)
 from autointerp.circuits import cli as circuit_cli
 from autointerp.data import ContextConfig, ExclusionRules
 from autointerp.examples import LatentRecord
@@ -154,6 +155,10 @@ def test_fragment_escapes_hostile_text(run, tiny_model):
     # the only script elements: plotly's (local), the JSON data block and the drawing script
     assert html.count("<script") == 3 and 'src="../assets/plotly.min.js"' in html and "cdn" not in html.lower()
     assert "&lt;script&gt;" in html or "\\u003cscript" in html
+    import plotly.graph_objects as go
+
+    fig = go.Figure(circuit_figure(g))  # a valid plotly figure (plotly validates every property)
+    assert {t.name for t in fig.data if t.mode == "markers"} == {"input", "error", "feature", "target"}
 
 
 @pytest.mark.parametrize("target, message", [

@@ -588,7 +588,13 @@ def circuit(run_dir: str | Path, prompt: str, target: str, *, node_share: float 
     (:func:`autointerp.circuits.ablation.ablation_check`) and, with ``save``, written to
     ``RUN/circuits/<slug>.json`` (the path is in ``graph["path"]``).
 
-    ``model``: an already loaded model (default: the dictionaries' model, kept loaded).
+    ``target``: ``feature:<dictionary>/<id>``, ``feature:<dictionary>/latent=<n>`` or
+    ``logit:<token>``; ``position``: a feature target's position (default: its largest).
+    ``node_share`` / ``edge_share``: the influence kept by pruning. ``max_feature_nodes``: cap on
+    feature nodes (the rest folded into error nodes). ``ablate_k``, ``ablate_draws``, ``seed``: the
+    causal check. ``dictionaries``: only these (folder names; default all of the run's).
+    ``batch_size``: nodes per batched backward pass. ``model``: an already loaded model (default:
+    the dictionaries' model, kept loaded between calls). Raises ``CircuitError`` for bad input.
     """
     from autointerp.circuits.ablation import ablation_check
 
