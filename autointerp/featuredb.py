@@ -1,6 +1,6 @@
 """The feature store ``features.db``: features, their examples, explanations and scores (SQLite).
 
-Tables (``SCHEMA_VERSION`` 2)::
+Tables (``SCHEMA_VERSION`` 3)::
 
     meta          key -> value ('schema_version')
     features      (dictionary, latent) unique; density, max_act, dead
@@ -9,12 +9,18 @@ Tables (``SCHEMA_VERSION`` 2)::
     explanations  (feature, explainer, model) unique; text, status, raw_response, error, created
     scores        (feature, explanation, scorer, model, control) unique; value, status, n,
                   ci_low, ci_high, control none/random_explanation/baseline, details (JSON)
+    flags         (feature, watchlist, concept) unique; watchlist_hash (of the concept's definition),
+                  per signal (similarity, auroc, causal) its value, z against the null of random
+                  features, empirical p and status; causal details (JSON), combined score, flagged,
+                  settings (JSON): see ``autointerp.flagging``
 
 Nothing failed is stored as a value: every row that comes from a model call has a ``status`` in
 ``STATUSES``, and CHECK constraints make ``text`` (explanations) and ``value`` (scores) NULL
 exactly when the status is not ``ok``. A failed row records the failure (``error``, the raw
 response) and is work still to do: ``explanations_todo`` / ``scores_todo`` list it again, while
-``ok`` rows are skipped. A failed re-put never overwrites an ``ok`` row.
+``ok`` rows are skipped. A failed re-put never overwrites an ``ok`` row. A flag's signal that was
+not measured (no ok explanation, not a causal candidate) has a NULL status and NULL numbers; one
+that failed has a failed status and NULL numbers.
 
 Writes are idempotent (UNIQUE keys, ``INSERT ... ON CONFLICT DO UPDATE``) and transactional:
 each ``put_*`` is atomic, and ``with db.transaction():`` groups several into one. The database
@@ -36,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("ok", "parse_error", "timeout", "rate_limited", "refused", "error")
 CONTROLS = ("none", "random_explanation", "baseline")
 KINDS = ("top", "quantile", "random")
@@ -126,7 +132,41 @@ def _v2(con: sqlite3.Connection) -> None:
     con.execute("ALTER TABLE examples ADD COLUMN quantile INTEGER CHECK (quantile IS NULL OR quantile >= 0)")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2}
+SIGNALS = ("similarity", "auroc", "causal")
+"""The flag signals; each has ``<signal>``, ``<signal>_z``, ``<signal>_p`` and ``<signal>_status`` columns."""
+
+
+def _v3(con: sqlite3.Connection) -> None:
+    """Feature flags against watchlist concepts (``autointerp flag``)."""
+    columns, checks = [], []
+    for sig in SIGNALS:
+        columns += [f"{sig} REAL", f"{sig}_z REAL", f"{sig}_p REAL CHECK ({sig}_p IS NULL OR ({sig}_p >= 0 "
+                    f"AND {sig}_p <= 1))", f"{sig}_status TEXT CHECK ({sig}_status IS NULL OR "
+                    f"{_in(sig + '_status', STATUSES)})"]
+        # a value exactly when the signal was measured and ok; never a number for a failure
+        checks.append(f"CHECK (({sig} IS NOT NULL) = IFNULL({sig}_status = 'ok', 0))")
+        checks.append(f"CHECK ({sig} IS NOT NULL OR ({sig}_z IS NULL AND {sig}_p IS NULL))")
+    con.execute(f"""
+        CREATE TABLE flags (
+            id INTEGER PRIMARY KEY,
+            feature_id INTEGER NOT NULL REFERENCES features(id) ON DELETE CASCADE,
+            watchlist TEXT NOT NULL,
+            watchlist_hash TEXT NOT NULL,
+            concept TEXT NOT NULL,
+            {", ".join(columns)},
+            causal_details TEXT,
+            score REAL NOT NULL,
+            flagged INTEGER NOT NULL CHECK (flagged IN (0, 1)),
+            settings TEXT,
+            error TEXT,
+            created TEXT NOT NULL,
+            {", ".join(checks)},
+            UNIQUE (feature_id, watchlist, concept)
+        )""")
+    con.execute("CREATE INDEX flags_concept ON flags (watchlist, concept)")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 
@@ -368,4 +408,68 @@ class FeatureDB:
                            (feature_id, feature_id, explanation_id, explanation_id, status, status))
         for r in rows:
             r["details"] = json.loads(r["details"]) if r["details"] is not None else None
+        return rows
+
+    # -- flags ---------------------------------------------------------------------------
+    _FLAG_COLUMNS = (*(f"{s}{x}" for s in SIGNALS for x in ("", "_z", "_p", "_status")), "causal_details",
+                     "score", "flagged", "settings", "error")
+
+    def put_flag(self, feature_id: int, watchlist: str, watchlist_hash: str, concept: str, **values: Any) -> int:
+        """Insert or replace the flag of ``(feature_id, watchlist, concept)``; returns its id.
+
+        ``values``: per signal in ``SIGNALS`` ``<signal>``, ``<signal>_z``, ``<signal>_p``,
+        ``<signal>_status`` (all None when not measured; a failed status has no numbers),
+        ``causal_details`` and ``settings`` (dicts, stored as JSON), ``score`` (required),
+        ``flagged`` (bool, required), ``error``."""
+        unknown = set(values) - set(self._FLAG_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown flag field(s) {sorted(unknown)}")
+        for sig in SIGNALS:
+            status = values.get(f"{sig}_status")
+            if status is not None:
+                _check_status(status)
+            for x in ("", "_z", "_p"):
+                v = values.get(f"{sig}{x}")
+                if v is not None and not math.isfinite(v):
+                    raise ValueError(f"{sig}{x} must be finite, got {v}: record a failed status instead")
+            if (values.get(sig) is not None) != (status == "ok"):
+                raise ValueError(f"signal {sig!r} with status {status!r} must {'' if status == 'ok' else 'not '}"
+                                 f"have a value (got {values.get(sig)!r})")
+        if not math.isfinite(values["score"]):
+            raise ValueError(f"flag score must be finite, got {values['score']}")
+        row = {c: values.get(c) for c in self._FLAG_COLUMNS}
+        row["flagged"] = int(bool(values["flagged"]))
+        for c in ("causal_details", "settings"):
+            row[c] = json.dumps(row[c]) if row[c] is not None else None
+        cols = ["feature_id", "watchlist", "watchlist_hash", "concept", *self._FLAG_COLUMNS, "created"]
+        params = [feature_id, watchlist, watchlist_hash, concept, *row.values(), _now()]
+        update = ", ".join(f"{c} = excluded.{c}" for c in cols[2:])
+        with self.transaction():
+            return self.con.execute(
+                f"INSERT INTO flags ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                f"ON CONFLICT (feature_id, watchlist, concept) DO UPDATE SET {update} RETURNING id",
+                params).fetchone()[0]
+
+    def delete_flags(self, watchlist: str, concept: str | None = None, dictionary: str | None = None) -> int:
+        """Remove the flags of ``watchlist`` (one ``concept``, one ``dictionary``'s features); returns
+        how many rows went."""
+        with self.transaction():
+            return self.con.execute(
+                "DELETE FROM flags WHERE watchlist = ? AND (? IS NULL OR concept = ?) AND (? IS NULL OR "
+                "feature_id IN (SELECT id FROM features WHERE dictionary = ?))",
+                (watchlist, concept, concept, dictionary, dictionary)).rowcount
+
+    def flags(self, feature_id: int | None = None, watchlist: str | None = None, concept: str | None = None,
+              flagged: bool | None = None) -> list[dict]:
+        """Flag rows (with the feature's ``dictionary`` and ``latent``), JSON decoded, best score first."""
+        rows = self._dicts(
+            "SELECT g.*, f.dictionary, f.latent FROM flags g JOIN features f ON f.id = g.feature_id "
+            "WHERE (? IS NULL OR g.feature_id = ?) AND (? IS NULL OR g.watchlist = ?) AND (? IS NULL OR "
+            "g.concept = ?) AND (? IS NULL OR g.flagged = ?) ORDER BY g.score DESC, g.id",
+            (feature_id, feature_id, watchlist, watchlist, concept, concept,
+             None if flagged is None else int(flagged), None if flagged is None else int(flagged)))
+        for r in rows:
+            r["flagged"] = bool(r["flagged"])
+            for c in ("causal_details", "settings"):
+                r[c] = json.loads(r[c]) if r[c] is not None else None
         return rows

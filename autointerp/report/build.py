@@ -36,8 +36,9 @@ def select_pages(store: StoreData, which: str | int) -> list[dict]:
     """Features to write a page for: ``"explained"`` (at least one explanation row, ok or failed),
     ``"all"`` (every live feature) or an int N (the first N live features)."""
     live = [f for f in store.features if not f["dead"]]
-    if which == "explained":
-        return [f for f in store.features if store.explanations.get(f["id"])]
+    if which == "explained":  # and every flagged feature: the report links its evidence
+        flagged = {fid for fid, gs in store.flags.items() if any(g["flagged"] for g in gs)}
+        return [f for f in store.features if store.explanations.get(f["id"]) or f["id"] in flagged]
     if which == "all":
         return live
     if isinstance(which, int) and not isinstance(which, bool) and which >= 0:
@@ -81,7 +82,8 @@ def feature_content(feature: dict, ctx: DictionaryContext, store: StoreData, exa
         feature=feature, explanations=store.explanations.get(fid, []), scores=store.scores.get(fid, []),
         examples=examples, text=ctx.text, spec=ctx.info.spec if ctx.info else None,
         logits=ctx.views.logits.get(feature["latent"]), logit_note=ctx.views.logit_note,
-        neighbours=_neighbours(feature, ctx, store, paged, prefix), report_href=report_href)
+        neighbours=_neighbours(feature, ctx, store, paged, prefix), report_href=report_href,
+        flags=store.flags.get(fid, []))
 
 
 def feature_page_html(content: pages.FeatureContent) -> str:
@@ -146,6 +148,15 @@ def _score_values(store: StoreData) -> tuple[dict[str, dict[str, list[float]]], 
     return values, failed
 
 
+def _ok_texts(store: StoreData) -> dict[int, str | None]:
+    """The best ``ok`` explanation text of each flagged feature."""
+    out = {}
+    for fid in store.flags:
+        best = best_explanation(store.explanations.get(fid, []), store.scores.get(fid, []))
+        out[fid] = best["text"] if best and best["status"] == "ok" else None
+    return out
+
+
 def report_html(run: RunFolder, store: StoreData, dicts: dict[str, DictionaryInfo], paged: set[int]) -> str:
     """The run report page."""
     values, failed = _score_values(store)
@@ -162,7 +173,8 @@ def report_html(run: RunFolder, store: StoreData, dicts: dict[str, DictionaryInf
             f"<h2>Dictionaries</h2>{pages.dictionaries_html(dicts)}"
             f"<h2>Features</h2>{db_note}{pages.counts_html(store.features, all_expl, all_scores)}"
             '<div class="plot" id="fig-density"></div>'
-            "<h2>Scores against controls</h2>"
+            "<h2>Flagged features</h2>" + pages.flagged_html(store.flags, store.by_id, paged, _ok_texts(store))
+            + "<h2>Scores against controls</h2>"
             '<p class="note">Each scorer scores an explanation, the explanation of a random other feature '
             "(random explanation) and the no-LLM token-enrichment explanation (baseline) on the same "
             "contexts. "

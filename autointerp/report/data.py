@@ -61,6 +61,8 @@ class StoreData:
     features: list[dict]
     explanations: dict[int, list[dict]] = field(default_factory=dict)
     scores: dict[int, list[dict]] = field(default_factory=dict)
+    flags: dict[int, list[dict]] = field(default_factory=dict)
+    """watchlist flag rows (``features.db`` ``flags``), flagged first then by combined score."""
 
     @functools.cached_property
     def by_id(self) -> dict[int, dict]:
@@ -83,7 +85,10 @@ def read_store(run: RunFolder) -> StoreData:
             expl[e["feature_id"]].append(e)
         for s in db.scores():
             scores[s["feature_id"]].append(s)
-    data.explanations, data.scores = dict(expl), dict(scores)
+        flags = defaultdict(list)
+        for g in sorted(db.flags(), key=lambda g: (not g["flagged"], -g["score"], g["id"])):
+            flags[g["feature_id"]].append(g)
+    data.explanations, data.scores, data.flags = dict(expl), dict(scores), dict(flags)
     return data
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from autointerp.report.data import DictionaryInfo, TokenText
@@ -60,6 +60,8 @@ class FeatureContent:
     logit_note: str
     neighbours: list[Neighbour]
     report_href: str | None = None
+    flags: list[dict] = field(default_factory=list)
+    """the feature's watchlist flag rows (``autointerp flag``)."""
 
 
 def _explanations_html(explanations: list[dict]) -> str:
@@ -182,12 +184,91 @@ def feature_body(c: FeatureContent, plot_div: str = "") -> str:
                    ("dead", "yes" if f["dead"] else "no"), ("model", c.spec or "unknown")])
     scale = f["max_act"] if f["max_act"] > 0 else max((a for e in c.examples for a in e["activations"]),
                                                       default=0)
-    return (head + facts + "<h2>Explanations</h2>" + _explanations_html(c.explanations)
+    evidence = f"<h2>Watchlist flags</h2>{flag_evidence_html(c.flags)}" if c.flags else ""
+    return (head + facts + evidence + "<h2>Explanations</h2>" + _explanations_html(c.explanations)
             + "<h2>Scores</h2>" + _scores_html(c.scores, c.explanations)
             + (f"<h2>Activation histogram</h2>{plot_div}" if plot_div else "")
             + "<h2>Output tokens through the unembedding</h2>" + _logits_html(c)
             + "<h2>Nearest features by decoder cosine</h2>" + _neighbours_html(c.neighbours)
             + "<h2>Examples</h2>" + _examples_html(c.examples, c.text, scale))
+
+
+# ----------------------------------------------------------------------------- watchlist flags
+_SIGNALS = (("similarity", "explanation similarity"), ("auroc", "activation AUROC"), ("causal", "causal effect"))
+FLAG_NOTE = ("A feature is flagged for a concept when at least two of three signals are beyond their nulls: "
+             "explanation similarity (z ≥ 2 against all explained features), activation AUROC on the "
+             "concept's positive vs matched negative texts (z ≥ 2 against all live features and family-wise "
+             "permutation p ≤ 0.05), causal effect of steering up / ablating on the log-prob of concept "
+             "completions (z ≥ 3 and above every random feature). — : not measured.")
+
+
+def _signal_cell(g: dict, sig: str) -> str:
+    status = g[f"{sig}_status"]
+    if status is None:
+        return "—"
+    if status != "ok":
+        return badge(status)
+    z = "" if g[f"{sig}_z"] is None else f" · z {g[f'{sig}_z']:.2f}"
+    p = "" if g[f"{sig}_p"] is None else f" · p {fmt(g[f'{sig}_p'])}"
+    return esc(f"{fmt(g[sig])}{z}{p}")
+
+
+def _flag_badge(g: dict) -> str:
+    return '<span class="status">flagged</span>' if g["flagged"] else '<span class="muted">not flagged</span>'
+
+
+def flagged_html(flags: dict[int, list[dict]], features: dict[int, dict], paged: set[int],
+                 explanation: dict[int, str | None]) -> str:
+    """The report's table of flagged features (concept, evidence, link to the feature page)."""
+    rows = sorted((g for gs in flags.values() for g in gs if g["flagged"]), key=lambda g: -g["score"])
+    if not flags:
+        return ('<p class="muted">Not flagged against a watchlist yet (run <code>autointerp flag RUN</code>).'
+                "</p>")
+    if not rows:
+        n = sum(len(gs) for gs in flags.values())
+        return f'<p class="muted">No feature flagged ({esc(n)} feature/concept pairs measured).</p>'
+    out = []
+    for g in rows:
+        fid = g["feature_id"]
+        name = f"feature {fid}"
+        link = f'<a href="features/{esc(fid)}.html">{esc(name)}</a>' if fid in paged else esc(name)
+        f = features.get(fid, {})
+        out.append([link, esc(f.get("dictionary", "?")), esc(f.get("latent", "?")), esc(g["concept"]),
+                    esc(g["watchlist"]), esc(fmt(g["score"], 2)),
+                    *(_signal_cell(g, sig) for sig, _ in _SIGNALS), esc(explanation.get(fid) or "—")])
+    headers = ["feature", "dictionary", "latent", "concept", "watchlist", "score",
+               *(label for _, label in _SIGNALS), "explanation"]
+    return f'<p class="note">{esc(FLAG_NOTE)}</p>' + table(headers, out, num={2, 5})
+
+
+def flag_evidence_html(flags: list[dict]) -> str:
+    """A feature page's evidence: each concept's signals, their nulls and the causal details."""
+    blocks = []
+    for g in flags:
+        d = g["causal_details"] or {}
+        rows = [[esc(label), _signal_cell(g, sig)] for sig, label in _SIGNALS]
+        detail = ""
+        if g["causal_status"] == "ok":
+            detail = cards([("steer Δ log-prob", fmt(d.get("steer_dlogp"))),
+                            ("ablate Δ log-prob", fmt(d.get("ablate_dlogp"))),
+                            ("steer KL", fmt(d.get("steer_kl"))), ("ablate KL", fmt(d.get("ablate_kl"))),
+                            ("steering amount", fmt(d.get("scale"))),
+                            ("null mean ± std", f"{fmt(d.get('null_mean'))} ± {fmt(d.get('null_std'))}"),
+                            ("null features", str(d.get("null_n", "—")))])
+            detail += ('<p class="note">causal completions: '
+                       + ", ".join(f"<code>{esc(c)}</code>" for c in d.get("completions", [])) + "</p>")
+        null = d.get("auroc_null") or {}
+        if null:
+            detail += (f'<p class="note">AUROC null: live features {esc(fmt(null.get("mean")))} ± '
+                       f'{esc(fmt(null.get("std")))} (n {esc(null.get("n"))}); {esc(null.get("permutations"))} '
+                       f'label permutations, 95% of their max over latents below '
+                       f'{esc(fmt(null.get("perm_max_q95")))}; per-latent permutation p '
+                       f'{esc(fmt(null.get("p_latent")))}</p>')
+        error = f'<p class="muted">{esc(g["error"])}</p>' if g["error"] else ""
+        blocks.append(f"<h3>{esc(g['concept'])} <small class=\"muted\">({esc(g['watchlist'])})</small> "
+                      f"{_flag_badge(g)} <small>score {esc(fmt(g['score'], 2))}</small></h3>"
+                      + table(["signal", "value · z · p"], rows) + detail + error)
+    return f'<p class="note">{esc(FLAG_NOTE)}</p>' + "".join(blocks)
 
 
 # ------------------------------------------------------------------------------ run report
