@@ -409,6 +409,59 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diff_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder made on the fine-tuned model (its cache and dictionary)")
+    p.add_argument("--base", required=True, help="the base model: alias, local folder, .gguf or cached hub id")
+    p.add_argument("--dictionary", default=None, help="which of the run's dictionaries (when it has several)")
+    p.add_argument("--base-dictionary", default=None,
+                   help="a dictionary trained on the base model at the same hook point: adds counterpart cosines")
+    p.add_argument("--z-min", type=float, default=5.0, help="|z| at which a change counts as significant")
+    p.add_argument("--top", type=int, default=20, help="rows of the ranking to print")
+    p.add_argument("--device", default="cpu")
+
+
+@command("diff", _diff_args)
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Rank a run's features by how they change from a base model to the run's fine-tuned model."""
+    from autointerp.diff import DiffError, diff_run, format_diff
+
+    try:
+        result = diff_run(args.run, args.base, dictionary=args.dictionary, base_dictionary=args.base_dictionary,
+                          z_min=args.z_min, device=args.device)
+    except DiffError as exc:
+        raise UserError(str(exc)) from exc
+    print(format_diff(result, args.top))
+    return 0
+
+
+def _circuit_args(p: argparse.ArgumentParser) -> None:
+    from autointerp.circuits.cli import configure
+
+    configure(p)
+
+
+@command("circuit", _circuit_args)
+def cmd_circuit(args: argparse.Namespace) -> int:
+    """Attribution graph from a prompt's tokens through the run's features to a feature or logit target."""
+    from autointerp.circuits.cli import main as circuit_main
+
+    return circuit_main(args)
+
+
+def _flag_args(p: argparse.ArgumentParser) -> None:
+    from autointerp.flagging.cli import configure
+
+    configure(p)
+
+
+@command("flag", _flag_args)
+def cmd_flag(args: argparse.Namespace) -> int:
+    """Flag a run's features that match a watchlist's concepts (similarity, probe AUROC, causal effect, with nulls)."""
+    from autointerp.flagging.cli import main as flag_main
+
+    return flag_main(args)
+
+
 # ----------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autointerp", description=__doc__.splitlines()[0] if __doc__ else None)

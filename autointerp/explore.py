@@ -225,6 +225,28 @@ class Run:
         """The ``n`` features firing most on ``text`` (the dictionaries' model is run on it)."""
         return search.fire_on_text(self.folder, text, n, dictionary, device)
 
+    # -- auditing ------------------------------------------------------------------------
+    def flags(self, flagged_only: bool = False) -> list[dict]:
+        """The rows ``autointerp flag`` wrote (every signal with its null statistics), highest
+        combined score first; ``flagged_only`` keeps the features that cleared the threshold."""
+        from autointerp.flagging import flags
+
+        rows = flags(self.root)
+        return [r for r in rows if r["flagged"]] if flagged_only else rows
+
+    def circuit(self, prompt: str, target: str, **kwargs):
+        """The attribution graph of ``prompt`` to ``target`` (``feature:<dictionary>/<id>``,
+        ``feature:<dictionary>/latent=<n>`` or ``logit:<token>``), saved under ``RUN/circuits/``;
+        keyword arguments go to :func:`autointerp.circuits.circuit`."""
+        from autointerp.circuits import circuit
+
+        return circuit(self.root, prompt, target, **kwargs)
+
+    def diff(self) -> list[dict]:
+        """The model-diff ranking ``autointerp diff`` stored (rank 1 first; empty when not diffed)."""
+        with self.db() as db:
+            return db.diffs()
+
     # -- dictionaries --------------------------------------------------------------------
     def metrics(self) -> dict[str, dict]:
         """Each dictionary's ``metrics.json`` by dictionary name (dictionaries without one left out)."""

@@ -1,6 +1,6 @@
 """The feature store ``features.db``: features, their examples, explanations and scores (SQLite).
 
-Tables (``SCHEMA_VERSION`` 3)::
+Tables (``SCHEMA_VERSION`` 4)::
 
     meta          key -> value ('schema_version')
     features      (dictionary, latent) unique; density, max_act, dead
@@ -13,6 +13,9 @@ Tables (``SCHEMA_VERSION`` 3)::
                   per signal (similarity, auroc, causal) its value, z against the null of random
                   features, empirical p and status; causal details (JSON), combined score, flagged,
                   settings (JSON): see ``autointerp.flagging``
+    diffs         (feature, base model) unique; rank, firing frequency, mean and max activation
+                  on the base and the fine-tuned model, n_new/n_lost, z, effect, significant,
+                  counterpart_cos: see ``autointerp.diff``
 
 Nothing failed is stored as a value: every row that comes from a model call has a ``status`` in
 ``STATUSES``, and CHECK constraints make ``text`` (explanations) and ``value`` (scores) NULL
@@ -42,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATUSES = ("ok", "parse_error", "timeout", "rate_limited", "refused", "error")
 CONTROLS = ("none", "random_explanation", "baseline")
 KINDS = ("top", "quantile", "random")
@@ -166,7 +169,28 @@ def _v3(con: sqlite3.Connection) -> None:
     con.execute("CREATE INDEX flags_concept ON flags (watchlist, concept)")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(con: sqlite3.Connection) -> None:
+    """Model-diff statistics (``autointerp diff``): one row per feature and base model."""
+    con.execute("""
+        CREATE TABLE diffs (
+            id INTEGER PRIMARY KEY,
+            feature_id INTEGER NOT NULL REFERENCES features(id) ON DELETE CASCADE,
+            base TEXT NOT NULL,
+            rank INTEGER NOT NULL CHECK (rank >= 1),
+            freq_base REAL NOT NULL, freq_tuned REAL NOT NULL,
+            mean_base REAL NOT NULL, mean_tuned REAL NOT NULL,
+            max_base REAL NOT NULL, max_tuned REAL NOT NULL,
+            n_new INTEGER NOT NULL CHECK (n_new >= 0), n_lost INTEGER NOT NULL CHECK (n_lost >= 0),
+            z REAL NOT NULL, effect REAL NOT NULL CHECK (effect >= -1 AND effect <= 1),
+            significant INTEGER NOT NULL CHECK (significant IN (0, 1)),
+            z_min REAL NOT NULL,
+            counterpart_cos REAL,
+            created TEXT NOT NULL,
+            UNIQUE (feature_id, base)
+        )""")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 
@@ -472,4 +496,43 @@ class FeatureDB:
             r["flagged"] = bool(r["flagged"])
             for c in ("causal_details", "settings"):
                 r[c] = json.loads(r[c]) if r[c] is not None else None
+        return rows
+
+    # -- model diffs -------------------------------------------------------------------------
+    _DIFF_COLUMNS = ("rank", "freq_base", "freq_tuned", "mean_base", "mean_tuned", "max_base", "max_tuned",
+                     "n_new", "n_lost", "z", "effect", "significant", "counterpart_cos")
+
+    def put_diffs(self, dictionary: str, base: str, z_min: float, rows: Iterable[Mapping]) -> None:
+        """Replace the diff of ``dictionary``'s features against the model ``base`` (one
+        transaction: a killed write leaves the previous diff whole). ``rows`` carry ``latent`` and
+        the ``diffs`` columns; every latent must already have its feature row."""
+        ids = {f["latent"]: f["id"] for f in self.features(dictionary)}
+        rows = list(rows)
+        missing = [r["latent"] for r in rows if r["latent"] not in ids]
+        if missing:
+            raise FeatureDBError(f"{len(missing)} diffed latents of {dictionary!r} have no feature row "
+                                 f"(first: {missing[0]}): run the examples stage first")
+        cols = self._DIFF_COLUMNS
+        sql = (f"INSERT INTO diffs (feature_id, base, z_min, created, {', '.join(cols)}) "
+               f"VALUES (?, ?, ?, ?, {', '.join('?' for _ in cols)})")
+        now = _now()
+        with self.transaction():
+            self.con.execute("DELETE FROM diffs WHERE base = ? AND feature_id IN "
+                             "(SELECT id FROM features WHERE dictionary = ?)", (base, dictionary))
+            self.con.executemany(sql, [(ids[r["latent"]], base, z_min, now, *(r[c] for c in cols)) for r in rows])
+
+    def diffs(self, base: str | None = None, dictionary: str | None = None) -> list[dict]:
+        """Stored diff rows (with ``dictionary`` and ``latent``), by base model then rank."""
+        where, params = [], []
+        if base is not None:
+            where.append("d.base = ?")
+            params.append(base)
+        if dictionary is not None:
+            where.append("f.dictionary = ?")
+            params.append(dictionary)
+        sql = ("SELECT d.*, f.dictionary, f.latent FROM diffs d JOIN features f ON f.id = d.feature_id"
+               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.base, f.dictionary, d.rank")
+        rows = self._dicts(sql, tuple(params))
+        for r in rows:
+            r["significant"] = bool(r["significant"])
         return rows
