@@ -231,8 +231,7 @@ class Run:
         combined score first; ``flagged_only`` keeps the features that cleared the threshold."""
         from autointerp.flagging import flags
 
-        rows = flags(self.root)
-        return [r for r in rows if r["flagged"]] if flagged_only else rows
+        return flags(self.root, flagged_only=flagged_only)
 
     def circuit(self, prompt: str, target: str, **kwargs):
         """The attribution graph of ``prompt`` to ``target`` (``feature:<dictionary>/<id>``,
