@@ -14,7 +14,12 @@
     * a table of every feature (id, dictionary, latent, density, max activation, best
       explanation with its explainer, the best explanation's scores and control values) that
       sorts on a header click and filters with a text box (vanilla JS, data embedded as JSON).
-      Failed explanations and scores show their status (``parse_error``, ...), never a value.
+      Failed explanations and scores show their status (``parse_error``, ...), never a value;
+    * with ``diffs`` rows in ``features.db`` (``autointerp diff``), a "Model diff" section per base
+      model and dictionary: the summary from ``diff.json`` (models, tokens, FVU on base vs
+      fine-tuned activations, significant latents, the z threshold) and the top 50 latents by rank;
+    * with ``circuits/*.json`` (``autointerp circuit``), a list of the circuits (prompt, target, link
+      to the target's page); a file that cannot be read or drawn is shown as a note with the reason.
 
 ``features/<id>.html``, one feature (``id`` = the ``features.db`` row id):
     density, max activation; every explanation (explainer, model, status; the raw response of a
@@ -24,6 +29,10 @@
     final norm scale and the unembedding of the dictionary's model (direct effect only); the 10
     nearest latents by decoder cosine (linked when they have a page); and the top, quantile and
     random examples, each token a span whose background follows its activation, the value on hover.
+    Audit evidence when there is some: watchlist flags, the feature's model-diff rows, and every
+    circuit whose target is the feature (its checks as text and the graph drawn with plotly).
+    Besides explained features, ``feature_pages="explained"`` pages flagged features, significantly
+    diffed ones and circuit targets.
 
 ``assets/plotly.min.js``: plotly's JavaScript from the installed ``plotly`` package, loaded by
 relative ``<script src>``.

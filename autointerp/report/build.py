@@ -11,8 +11,9 @@ from tqdm.auto import tqdm
 from autointerp.featuredb import FeatureDB
 from autointerp.report import pages
 from autointerp.report.data import (
-    DecoderViews, DictionaryInfo, StoreData, TokenText, best_explanation, decoder_views, load_model_cached,
-    load_tokenizer_cached, read_dictionaries, read_store)
+    CircuitFile, DecoderViews, DictionaryInfo, StoreData, TokenText, best_explanation, decoder_views,
+    load_model_cached, load_tokenizer_cached, ok_explanation, read_circuits, read_diff_summary,
+    read_dictionaries, read_store)
 from autointerp.report.figures import activation_figure, density_figure, score_figure
 from autointerp.report.html import esc, page, scoped_css, scripts
 from autointerp.runfolder import RunFolder
@@ -32,13 +33,17 @@ class DictionaryContext:
     views: DecoderViews
 
 
-def select_pages(store: StoreData, which: str | int) -> list[dict]:
+def select_pages(store: StoreData, which: str | int, evidence: set[int] = frozenset()) -> list[dict]:
     """Features to write a page for: ``"explained"`` (at least one explanation row, ok or failed),
-    ``"all"`` (every live feature) or an int N (the first N live features)."""
+    ``"all"`` (every live feature) or an int N (the first N live features). ``"explained"`` also
+    pages every flagged feature, every significantly diffed one and the ids in ``evidence`` (circuit
+    targets): the report links their evidence, explained or not."""
     live = [f for f in store.features if not f["dead"]]
-    if which == "explained":  # and every flagged feature: the report links its evidence
+    if which == "explained":
         flagged = {fid for fid, gs in store.flags.items() if any(g["flagged"] for g in gs)}
-        return [f for f in store.features if store.explanations.get(f["id"]) or f["id"] in flagged]
+        diffed = {fid for fid, ds in store.diffs.items() if any(d["significant"] for d in ds)}
+        audit = flagged | diffed | set(evidence)
+        return [f for f in store.features if store.explanations.get(f["id"]) or f["id"] in audit]
     if which == "all":
         return live
     if isinstance(which, int) and not isinstance(which, bool) and which >= 0:
@@ -74,16 +79,17 @@ def _neighbours(feature: dict, ctx: DictionaryContext, store: StoreData, paged: 
 
 
 def feature_content(feature: dict, ctx: DictionaryContext, store: StoreData, examples: list[dict],
-                    paged: set[int], prefix: str = "",
-                    report_href: str | None = None) -> pages.FeatureContent:
-    """The content of one feature page; neighbour links are ``prefix + <id>.html`` for paged ids."""
+                    paged: set[int], prefix: str = "", report_href: str | None = None,
+                    circuits: list[str] = ()) -> pages.FeatureContent:
+    """The content of one feature page; neighbour links are ``prefix + <id>.html`` for paged ids;
+    ``circuits``: the HTML blocks of the circuits that target the feature."""
     fid = feature["id"]
     return pages.FeatureContent(
         feature=feature, explanations=store.explanations.get(fid, []), scores=store.scores.get(fid, []),
         examples=examples, text=ctx.text, spec=ctx.info.spec if ctx.info else None,
         logits=ctx.views.logits.get(feature["latent"]), logit_note=ctx.views.logit_note,
         neighbours=_neighbours(feature, ctx, store, paged, prefix), report_href=report_href,
-        flags=store.flags.get(fid, []))
+        flags=store.flags.get(fid, []), diffs=store.diffs.get(fid, []), circuits=list(circuits))
 
 
 def feature_page_html(content: pages.FeatureContent) -> str:
@@ -148,17 +154,46 @@ def _score_values(store: StoreData) -> tuple[dict[str, dict[str, list[float]]], 
     return values, failed
 
 
-def _ok_texts(store: StoreData) -> dict[int, str | None]:
-    """The best ``ok`` explanation text of each flagged feature."""
-    out = {}
-    for fid in store.flags:
-        best = best_explanation(store.explanations.get(fid, []), store.scores.get(fid, []))
-        out[fid] = best["text"] if best and best["status"] == "ok" else None
+def _ok_texts(store: StoreData, ids) -> dict[int, str | None]:
+    """The best ``ok`` explanation text of each feature in ``ids``."""
+    return {fid: ok_explanation(store, fid) for fid in ids}
+
+
+def render_circuits(files: list[CircuitFile]) -> tuple[list[CircuitFile], dict[int, list[str]]]:
+    """The circuits' page blocks by target feature id. A graph that loads but cannot be drawn
+    (missing or mistyped fields) comes back as an error entry, like an unreadable file."""
+    from autointerp.circuits import circuit_fragment_html
+
+    out, blocks = [], {}
+    for c in files:
+        if c.graph is not None:
+            try:  # plotly is loaded by the feature page's head, so no plotly_src here
+                block = pages.circuit_block_html(c.name, c.graph, circuit_fragment_html(c.graph))
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                c = CircuitFile(c.name, None, error=f"malformed graph: {type(exc).__name__}: {exc}")
+            else:
+                if c.feature_id is not None:
+                    blocks.setdefault(c.feature_id, []).append(block)
+        out.append(c)
+    return out, blocks
+
+
+def _audit_sections(run: RunFolder, store: StoreData, paged: set[int], circuits: list[CircuitFile]) -> str:
+    """The model-diff and circuits sections; empty for a run that has neither."""
+    out = ""
+    if store.diffs:
+        rows = [d for ds in store.diffs.values() for d in ds]
+        summary = read_diff_summary(run)
+        out += "<h2>Model diff</h2>" + pages.diff_html(rows, summary.summary, summary.error, paged,
+                                                      _ok_texts(store, store.diffs))
+    if circuits:
+        out += "<h2>Circuits</h2>" + pages.circuits_html(circuits, paged)
     return out
 
 
-def report_html(run: RunFolder, store: StoreData, dicts: dict[str, DictionaryInfo], paged: set[int]) -> str:
-    """The run report page."""
+def report_html(run: RunFolder, store: StoreData, dicts: dict[str, DictionaryInfo], paged: set[int],
+                circuits: list[CircuitFile] = ()) -> str:
+    """The run report page; ``circuits``: the run's circuit files (after :func:`render_circuits`)."""
     values, failed = _score_values(store)
     figs = {"fig-density": density_figure(store.features)}
     figs.update({f"fig-score-{i}": score_figure(scorer, values[scorer])
@@ -173,7 +208,9 @@ def report_html(run: RunFolder, store: StoreData, dicts: dict[str, DictionaryInf
             f"<h2>Dictionaries</h2>{pages.dictionaries_html(dicts)}"
             f"<h2>Features</h2>{db_note}{pages.counts_html(store.features, all_expl, all_scores)}"
             '<div class="plot" id="fig-density"></div>'
-            "<h2>Flagged features</h2>" + pages.flagged_html(store.flags, store.by_id, paged, _ok_texts(store))
+            "<h2>Flagged features</h2>" + pages.flagged_html(store.flags, store.by_id, paged,
+                                                                  _ok_texts(store, store.flags))
+            + _audit_sections(run, store, paged, list(circuits))
             + "<h2>Scores against controls</h2>"
             '<p class="note">Each scorer scores an explanation, the explanation of a random other feature '
             "(random explanation) and the no-LLM token-enrichment explanation (baseline) on the same "
@@ -208,7 +245,8 @@ def build_report(run_dir: str | Path, *, progress: bool = True,
     report's path. ``feature_pages``: ``"explained"``, ``"all"`` (live features) or a count."""
     run = RunFolder(run_dir)
     store, dicts = read_store(run), read_dictionaries(run)
-    chosen = select_pages(store, feature_pages)
+    circuits, circuit_blocks = render_circuits(read_circuits(run, store))
+    chosen = select_pages(store, feature_pages, set(circuit_blocks))
     paged = {f["id"] for f in chosen}
     write_assets(run)
     run.feature_pages.mkdir(parents=True, exist_ok=True)
@@ -221,9 +259,10 @@ def build_report(run_dir: str | Path, *, progress: bool = True,
                 ctx = dictionary_context(dicts.get(name), [f["latent"] for f in feats])
                 for f in tqdm(feats, desc=f"feature pages {name}", disable=not progress):
                     content = feature_content(f, ctx, store, db.examples(f["id"]), paged,
-                                              report_href="../report.html")
+                                              report_href="../report.html",
+                                              circuits=circuit_blocks.get(f["id"], []))
                     run.feature_page(f["id"]).write_text(feature_page_html(content), encoding="utf-8")
-    run.report.write_text(report_html(run, store, dicts, paged), encoding="utf-8")
+    run.report.write_text(report_html(run, store, dicts, paged, circuits), encoding="utf-8")
     return run.report
 
 

@@ -63,6 +63,8 @@ class StoreData:
     scores: dict[int, list[dict]] = field(default_factory=dict)
     flags: dict[int, list[dict]] = field(default_factory=dict)
     """watchlist flag rows (``features.db`` ``flags``), flagged first then by combined score."""
+    diffs: dict[int, list[dict]] = field(default_factory=dict)
+    """model-diff rows (``features.db`` ``diffs``, one per base model), by base then rank."""
 
     @functools.cached_property
     def by_id(self) -> dict[int, dict]:
@@ -88,8 +90,81 @@ def read_store(run: RunFolder) -> StoreData:
         flags = defaultdict(list)
         for g in sorted(db.flags(), key=lambda g: (not g["flagged"], -g["score"], g["id"])):
             flags[g["feature_id"]].append(g)
-    data.explanations, data.scores, data.flags = dict(expl), dict(scores), dict(flags)
+        diffs = defaultdict(list)
+        for d in db.diffs():
+            diffs[d["feature_id"]].append(d)
+    data.explanations, data.scores, data.flags, data.diffs = dict(expl), dict(scores), dict(flags), dict(diffs)
     return data
+
+
+def ok_explanation(store: StoreData, feature_id: int) -> str | None:
+    """The text of the feature's best explanation when that one is ``ok``, else None."""
+    best = best_explanation(store.explanations.get(feature_id, []), store.scores.get(feature_id, []))
+    return best["text"] if best and best["status"] == "ok" else None
+
+
+@dataclass
+class DiffSummary:
+    """``RUN/diff.json`` (written by ``autointerp diff``), or why it could not be read."""
+
+    summary: dict | None
+    error: str | None = None
+
+
+def read_diff_summary(run: RunFolder) -> DiffSummary:
+    """The summary of the latest ``autointerp diff`` (None when there is no diff.json)."""
+    path = run.root / "diff.json"
+    if not path.exists():
+        return DiffSummary(None)
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return DiffSummary(None, f"could not read diff.json: {exc}")
+    if not isinstance(summary, dict):
+        return DiffSummary(None, "could not read diff.json: not a JSON object")
+    return DiffSummary(summary)
+
+
+@dataclass
+class CircuitFile:
+    """One ``RUN/circuits/<name>.json``: the graph and the feature id of its target, or the reason
+    it could not be read (then ``graph`` is None)."""
+
+    name: str
+    graph: dict | None
+    feature_id: int | None = None
+    """the target's ``features.db`` id (None for a logit target or a latent without a feature row)."""
+    error: str | None = None
+
+
+def circuit_target_id(graph: dict, store: StoreData) -> int | None:
+    """The feature id of a feature target: the recorded id when the store has it, else the store's
+    row of (dictionary, latent)."""
+    t = graph["target"]
+    if t.get("kind") != "feature":
+        return None
+    fid = t.get("feature_id")
+    if isinstance(fid, int) and fid in store.by_id and store.by_id[fid]["dictionary"] == t.get("dictionary"):
+        return fid
+    return store.index.get((t.get("dictionary"), t.get("latent")))
+
+
+def read_circuits(run: RunFolder, store: StoreData) -> list[CircuitFile]:
+    """Every ``RUN/circuits/*.json`` in name order; an unreadable file becomes a ``CircuitFile``
+    with its ``error``, so one corrupt graph never stops the report."""
+    from autointerp.circuits import CircuitError, load_circuit
+
+    folder = run.root / "circuits"
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            graph = load_circuit(path)
+            if not isinstance(graph.get("target"), dict):
+                raise CircuitError("no target record")
+            out.append(CircuitFile(path.name, graph, circuit_target_id(graph, store)))
+        except (CircuitError, UnicodeDecodeError, TypeError) as exc:
+            out.append(CircuitFile(path.name, None, error=str(exc)))
+    return out
 
 
 def best_explanation(explanations: list[dict], scores: list[dict]) -> dict | None:

@@ -62,6 +62,11 @@ class FeatureContent:
     report_href: str | None = None
     flags: list[dict] = field(default_factory=list)
     """the feature's watchlist flag rows (``autointerp flag``)."""
+    diffs: list[dict] = field(default_factory=list)
+    """the feature's model-diff rows (``autointerp diff``), one per base model."""
+    circuits: list[str] = field(default_factory=list)
+    """HTML blocks of the circuits that target this feature (:func:`circuit_block_html`; scripts
+    included, so only on a page that loads plotly)."""
 
 
 def _explanations_html(explanations: list[dict]) -> str:
@@ -185,6 +190,10 @@ def feature_body(c: FeatureContent, plot_div: str = "") -> str:
     scale = f["max_act"] if f["max_act"] > 0 else max((a for e in c.examples for a in e["activations"]),
                                                       default=0)
     evidence = f"<h2>Watchlist flags</h2>{flag_evidence_html(c.flags)}" if c.flags else ""
+    if c.diffs:
+        evidence += f"<h2>Model diff</h2>{diff_evidence_html(c.diffs)}"
+    if c.circuits:
+        evidence += f"<h2>Circuits</h2><p class=\"note\">{esc(CIRCUIT_NOTE)}</p>" + "".join(c.circuits)
     return (head + facts + evidence + "<h2>Explanations</h2>" + _explanations_html(c.explanations)
             + "<h2>Scores</h2>" + _scores_html(c.scores, c.explanations)
             + (f"<h2>Activation histogram</h2>{plot_div}" if plot_div else "")
@@ -269,6 +278,140 @@ def flag_evidence_html(flags: list[dict]) -> str:
                       f"{_flag_badge(g)} <small>score {esc(fmt(g['score'], 2))}</small></h3>"
                       + table(["signal", "value · z · p"], rows) + detail + error)
     return f'<p class="note">{esc(FLAG_NOTE)}</p>' + "".join(blocks)
+
+
+# ------------------------------------------------------------------------------ model diff
+DIFF_NOTE = ("Per latent, over the same tokens read by the base and the fine-tuned model: effect = (tokens "
+             "where it fires only in the fine-tuned model − only in the base) / its firing count in the model "
+             "where it fires more, in [−1, 1] (1: new in the fine-tune, −1: switched off); z = McNemar's "
+             "paired statistic of the same counts; significant when |z| ≥ z_min. Counterpart cos: the "
+             "largest decoder cosine to a base-model dictionary (blank: no base dictionary given; below 0.5: "
+             "no counterpart).")
+DIFF_TOP = 50
+_DIFF_HEADERS = ["rank", "feature", "explanation", "effect", "z", "freq base", "freq tuned", "max base",
+                 "max tuned", "counterpart cos", "significant"]
+
+
+def _diff_numbers(d: dict) -> list[str]:
+    """effect … significant cells of one diff row (escaped)."""
+    cos = "" if d["counterpart_cos"] is None else fmt(d["counterpart_cos"])
+    return [esc(f"{d['effect']:+.3f}"), esc(f"{d['z']:+.2f}"), esc(fmt(d["freq_base"], 4)),
+            esc(fmt(d["freq_tuned"], 4)), esc(fmt(d["max_base"])), esc(fmt(d["max_tuned"])), esc(cos),
+            "yes" if d["significant"] else '<span class="muted">no</span>']
+
+
+def diff_summary_line(base: str, dictionary: str, rows: list[dict], summary: dict | None) -> str:
+    """One sentence on a diff: models, tokens, FVUs (from ``diff.json`` when it describes this
+    base and dictionary; it holds the latest diff only), significant latents and the z threshold."""
+    n_sig = sum(d["significant"] for d in rows)
+    z_min = rows[0]["z_min"] if rows else None
+    s = summary if summary and summary.get("base") == base and summary.get("dictionary") == dictionary else None
+    if s is None:
+        return (f"{dictionary}: fine-tuned model vs {base} (base); {n_sig} of {len(rows)} latents changed "
+                f"significantly (|z| ≥ {fmt(z_min, 1)}). Tokens and FVU: not in diff.json (it holds the "
+                "latest diff only).")
+
+    def num(key: str, digits: int = 3) -> str:
+        v = s.get(key)
+        return fmt(v, digits) if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
+
+    tokens = s.get("tokens")
+    tokens = f"{tokens:,}" if isinstance(tokens, int) else "?"
+    return (f"{dictionary}: {s.get('tuned', '?')} (fine-tuned) vs {base} (base) on {tokens} tokens; FVU on "
+            f"base activations {num('fvu_base')}, on fine-tuned activations {num('fvu_tuned')}; {n_sig} of "
+            f"{len(rows)} latents changed significantly (|z| ≥ {fmt(z_min, 1)}).")
+
+
+def diff_html(rows: list[dict], summary: dict | None, summary_error: str | None, paged: set[int],
+              explanation: dict[int, str | None]) -> str:
+    """The report's model-diff section body: per (base, dictionary), the summary line and the top
+    :data:`DIFF_TOP` latents by rank, linked to their pages."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for d in rows:
+        groups.setdefault((d["base"], d["dictionary"]), []).append(d)
+    out = [f'<p class="note">{esc(DIFF_NOTE)}</p>']
+    if summary_error:
+        out.append(f'<p><span class="status">error</span> {esc(summary_error)}</p>')
+    for (base, dictionary), group in groups.items():
+        group = sorted(group, key=lambda d: d["rank"])
+        cells = []
+        for d in group[:DIFF_TOP]:
+            fid = d["feature_id"]
+            name = f"feature {fid}"
+            link = f'<a href="features/{esc(fid)}.html">{esc(name)}</a>' if fid in paged else esc(name)
+            cells.append([esc(d["rank"]), link, esc(explanation.get(fid) or "—"), *_diff_numbers(d)])
+        out.append(f"<h3>{esc(dictionary)} vs {esc(base)}</h3>"
+                   f"<p>{esc(diff_summary_line(base, dictionary, group, summary))}</p>"
+                   f'<p class="note">top {esc(min(DIFF_TOP, len(group)))} of {esc(len(group))} by rank</p>'
+                   + table(_DIFF_HEADERS, cells, num={0, 3, 4, 5, 6, 7, 8, 9}))
+    return "".join(out)
+
+
+def diff_evidence_html(diffs: list[dict]) -> str:
+    """A feature page's model-diff rows (one per base model)."""
+    rows = [[esc(d["base"]), esc(d["rank"]), *_diff_numbers(d), esc(d["n_new"]), esc(d["n_lost"])]
+            for d in diffs]
+    headers = ["base model", "rank", *_DIFF_HEADERS[3:], "tokens new", "tokens lost"]
+    return f'<p class="note">{esc(DIFF_NOTE)}</p>' + table(headers, rows, num={1, 2, 3, 4, 5, 6, 7, 8, 10, 11})
+
+
+# -------------------------------------------------------------------------------- circuits
+CIRCUIT_NOTE = ("Attribution graphs (autointerp circuit) whose target is this feature. Completeness: the "
+                "target equals its bias plus the sum of the direct attributions, up to the relative error "
+                "shown. Ablation: setting the top-k most influential features to 0 should move the target "
+                "more than k random active ones (mean |Δ| over draws); passed when it does.")
+
+
+def _num(value, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return f"{value:.{digits}g}"
+
+
+def circuit_numbers(graph: dict) -> list[tuple[str, str]]:
+    """(label, text) pairs of a graph's checks; ``KeyError`` / ``TypeError`` for a malformed graph."""
+    comp, abl = graph["completeness"], graph.get("ablation") or {}
+    items = [("prompt", str(graph["prompt"])), ("target", str(graph["target"]["label"])),
+             ("target value", _num(comp["target_value"])),
+             ("completeness relative error", f"{comp['relative_error']:.1e}")]
+    if abl.get("k"):
+        passed = {True: "passed", False: "FAILED"}.get(abl.get("passed"), "—")
+        items += [(f"ablate top {abl['k']}: Δ target", _num(abl["delta_top"])),
+                  (f"ablate {abl['k']} random: mean |Δ|", _num(abl["mean_abs_delta_random"])),
+                  ("ratio |Δ top| / mean |Δ random|", _num(abl.get("ratio"), 3)), ("ablation check", passed)]
+    else:
+        items.append(("ablation check", "not run (no active feature upstream, or k = 0)"))
+    return items
+
+
+def circuit_block_html(name: str, graph: dict, fragment: str) -> str:
+    """A feature page's block for one circuit: its checks as text, then the drawn graph."""
+    rows = [[esc(k), esc(v)] for k, v in circuit_numbers(graph)]
+    return f"<h3>circuits/{esc(name)}</h3>" + table(["", "value"], rows) + fragment
+
+
+def circuits_html(entries: list, paged: set[int]) -> str:
+    """The report's list of circuits (``data.CircuitFile``): prompt, target, link to the target's
+    page; an unreadable file as a note with the reason."""
+    rows, notes = [], []
+    for c in entries:
+        if c.graph is None:
+            notes.append(f'<p><span class="status">error</span> could not read circuits/{esc(c.name)}: '
+                         f"{esc(c.error)}</p>")
+            continue
+        fid = c.feature_id
+        if fid is None:
+            page = '<span class="muted">—</span>'
+        else:
+            name = f"feature {fid}"
+            page = f'<a href="features/{esc(fid)}.html">{esc(name)}</a>' if fid in paged else esc(name)
+        abl = (c.graph.get("ablation") or {}).get("passed")
+        rows.append([esc(c.name), f"<code>{esc(c.graph['prompt'])}</code>", esc(c.graph["target"]["label"]),
+                     page, {True: "passed", False: "FAILED"}.get(abl, "—")])
+    listed = table(["file", "prompt", "target", "feature page", "ablation check"], rows) if rows else ""
+    return listed + "".join(notes)
 
 
 # ------------------------------------------------------------------------------ run report
