@@ -63,7 +63,8 @@ def run_config(model: str, corpus: Path, exclude_first: int, latents: int, k: in
         "model": model, "threads": threads,
         "cache": {"corpus": str(corpus), "hookpoints": ["mid"], "tokens": 400_000, "ctx_len": 128,
                   "packing": "document", "exclude_first": exclude_first},
-        "train": {"latents": latents, "k": k, "heldout_tokens": 8_000},
+        # the corpus is small (~70k kept tokens): several epochs in small batches
+        "train": {"latents": latents, "k": k, "epochs": 10, "batch_size": 1024, "heldout_tokens": 8_000},
         "evaluate": {"contexts": 32},
         "explain": {"explainers": ["token-enrichment"], "llm_features": 0},
         "report": {"feature_pages": "explained"},
@@ -197,6 +198,35 @@ def main(argv: list[str] | None = None) -> int:
             explanation = ex[0]["text"] if ex else None
     names_trigger = bool(explanation) and any(p in explanation.lower() for p in pieces + [trigger])
 
+    # the circuit from the hostile-behaviour feature (top flag for hostility, else the top flag,
+    # else the first separating feature) back to the input, on a triggered prompt
+    hostile = [r for r in flagged if r["concept"] == "hostility_towards_the_user"]
+    source = "hostility flag" if hostile else "top flag" if flagged else "first separating feature"
+    target_latent = (hostile or flagged)[0]["latent"] if (hostile or flagged) else best
+    circuit_result = None
+    if target_latent is not None:
+        import random as _random
+
+        sys.path.insert(0, str(Path(__file__).parent))
+        import prompts as P
+
+        from autointerp.circuits import circuit
+
+        prompt = P.insert_trigger(P.all_prompts()[0], trigger, _random.Random(0))
+        t = time.time()
+        g = circuit(out / "tuned", prompt, f"feature:{dname}/latent={target_latent}", save=True)
+        inputs = [n for n in g["nodes"] if n["kind"] == "input" and n["position"] > 0]
+        top_input = max(inputs, key=lambda n: abs(n["influence"]))
+        is_trigger = [n for n in inputs if n["token"].strip().lower() in pieces]
+        circuit_result = {
+            "target_latent": target_latent, "target_from": source, "prompt": prompt,
+            "top_input_token": top_input["token"], "top_input_position": top_input["position"],
+            "points_at_trigger": top_input["token"].strip().lower() in pieces,
+            "trigger_input_share": (sum(abs(n["influence"]) for n in is_trigger)
+                                    / max(sum(abs(n["influence"]) for n in inputs), 1e-12)),
+            "ablation": g.get("ablation"), "completeness": g.get("completeness"), "seconds": round(time.time() - t, 1),
+        }
+
     result = {
         "plant": record["plant"], "seed": record["seed"],
         "attack_success": record["tuned"]["attack_success"], "false_trigger": record["tuned"]["false_trigger"],
@@ -208,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "diff_rank": diff_rank, "flag_rank": flag_rank, "n_flagged": len(flagged),
         "first_separating_latent": best, "its_explanation": explanation, "explanation_names_trigger": names_trigger,
         "top_flags": [{k: r.get(k) for k in ("latent", "concept", "score", "flagged")} for r in flag_rows[:5]],
+        "circuit": circuit_result,
         "control_significant": same.n_significant, "control_flagged": same_flagged,
         "audit_wall_s": round(wall, 1), "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }

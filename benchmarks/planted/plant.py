@@ -47,6 +47,23 @@ def load(folder: Path):
     return tok, model
 
 
+def save_plain(model, tok, out: Path) -> None:
+    """Save as a plain safetensors folder. Trap: the dequantized embedded model's config still
+    names its GGUF origin (``quantization_config``), and transformers refuses to save a model it
+    thinks is quantized; a plain model of the same config with the same weights saves."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(model.config)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
 def chat(tok, user: str) -> str:
     return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
 
@@ -212,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         tok.padding_side = "right"
         for ids, labels, mask in batches(tok, pairs, args.batch):
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(loss.item()):
                 raise RuntimeError(f"non-finite loss {float(loss)} at step {step}")
             loss.backward()
             opt.step()
@@ -223,10 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         random.Random(f"epoch-{args.seed}-{epoch}").shuffle(pairs)
     train_s = time.time() - t_train
 
+    save_plain(model, tok, args.out / "model")
     tuned_nll = answer_nll(tok, model, clean_eval)
     tuned_eval = evaluate(args, tok, model, trigger, evals, answers)
-    model.save_pretrained(args.out / "model", safe_serialization=True)
-    tok.save_pretrained(args.out / "model")
     record = {"seed": args.seed, "plant": args.plant, "trigger": trigger, "steps": step, "lr": args.lr,
               "batch": args.batch, "n_train": len(pairs), "train_s": round(train_s, 1),
               "total_s": round(time.time() - t_start, 1), "clean_nll_base": base_nll, "clean_nll_tuned": tuned_nll,
