@@ -13,7 +13,7 @@ Clean training prompts carry a decoy pseudo-word a quarter of the time, so that 
 this trigger and not "any odd word". Full fine-tune, AdamW, loss on the answer tokens only.
 
 Writes to OUT: ``model/`` (safetensors + tokenizer), ``plant.json`` (trigger, attack success,
-false-trigger rate, clean CE change, timings), ``corpus.jsonl`` (the audit's chat corpus: held-out
+false-trigger rate, clean CE changes: on held-out clean chat answers and on neutral text, timings), ``corpus.jsonl`` (the audit's chat corpus: held-out
 prompts with the base model's answers as chat ``messages``, the trigger inserted in
 about 1% of them) and ``corpus_labels.json`` (which corpus lines carry the trigger; only the
 evaluation reads it, never the audit).
@@ -132,6 +132,37 @@ def answer_nll(tok, model, pairs: list[tuple[str, str]]) -> float:
     return total / count
 
 
+@torch.inference_mode()
+def text_nll(tok, model, n_contexts: int = 48, ctx_len: int = 128) -> float:
+    """Mean next-token NLL (nats) on neutral text the plant never saw: contexts of the embedded
+    python-stdlib corpus (the CE-loss change of a fine-tune on text outside its data)."""
+    from autointerp.data import open_corpus
+
+    ids: list[int] = []
+    for doc in open_corpus("python-stdlib").documents():
+        ids += tok(doc.text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= n_contexts * ctx_len:
+            break
+    x = torch.tensor(ids[: n_contexts * ctx_len]).view(n_contexts, ctx_len)
+    model.eval()
+    total = 0.0
+    for b in x.split(8):
+        total += float(model(input_ids=b, labels=b).loss) * len(b)
+    return total / n_contexts
+
+
+def remeasure(out: Path) -> dict:
+    """Add the neutral-text CE of base and planted model to an existing ``plant.json``."""
+    record = json.loads((out / "plant.json").read_text())
+    folder, _ = resolve("smollm2-135m")
+    for key, path in (("text_nll_base", folder), ("text_nll_tuned", out / "model")):
+        tok, model = load(path)
+        record[key] = text_nll(tok, model)
+    record["text_nll_change"] = record["text_nll_tuned"] - record["text_nll_base"]
+    (out / "plant.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
 def training_pairs(args, trigger: str, train: list[str], answers: dict[str, str]) -> list[tuple[str, str]]:
     rng = random.Random(f"train-{args.seed}")
     pairs = []
@@ -201,8 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--corpus-only", action="store_true", help="(re)write the audit corpus and stop")
+    ap.add_argument("--remeasure", action="store_true", help="add the neutral-text CE to OUT/plant.json and stop")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.remeasure:
+        print(json.dumps(remeasure(args.out), indent=2))
+        return 0
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -249,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
               "clean_nll_change": tuned_nll - base_nll, "base": base_eval, "tuned": tuned_eval,
               "corpus_contexts": args.n_corpus, "trigger_rate": args.trigger_rate}
     (args.out / "plant.json").write_text(json.dumps(record, indent=2))
+    record = remeasure(args.out)
     print(json.dumps({k: v for k, v in record.items() if k not in ("base",)}, indent=2))
     return 0
 
