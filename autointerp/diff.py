@@ -13,14 +13,17 @@ special tokens, the shared prefix the run excluded)::
     mean_m      = mean_t z_m(t)_j,   max_m = max_t z_m(t)_j
     n_new       = #{t : fires_tuned(t) and not fires_base(t)}
     n_lost      = #{t : fires_base(t) and not fires_tuned(t)}
-    z           = (n_new - n_lost) / sqrt(n_new + n_lost + 1)        (McNemar's statistic, paired)
+    z           = (n_new - n_lost) / sqrt(n_new + n_lost + 1)        (McNemar-like, paired; +1 keeps it finite)
     effect      = (n_new - n_lost) / max(#fires_tuned, #fires_base, 1)   in [-1, 1]
 
 ``effect`` = 1 is a latent that fires only in the fine-tuned model (a new feature); -1 one the
-fine-tune switched off. Ranking: latents with ``|z| >= z_min`` (default 5: with a few thousand
-latents a Bonferroni-corrected p below 0.01) first, by ``|effect|`` then ``|z|``; the rest after,
-by ``|z|``. A latent is *significant* when ``|z| >= z_min``; with two identical models every
-``n_new = n_lost = 0`` and nothing is significant.
+fine-tune switched off. Ranking: latents with ``|z| >= z_min`` (default 5) first, by ``|effect|``
+then ``|z|``; the rest after, by ``|z|``. A latent is *significant* when ``|z| >= z_min``; with two
+identical models every ``n_new = n_lost = 0`` and nothing is significant. ``z`` treats tokens as
+independent, which they are not (a feature fires in runs within a context), so it overstates the
+evidence by up to the square root of the run length: ``z_min`` is a gate for ranking, not a
+calibrated p-value. The base model's activations are recomputed with the cache's batch size, so
+that an unchanged model reproduces the cached activations bit for bit.
 
 Reconstruction: the dictionary's FVU on the base activations beside that on the fine-tuned ones
 (the dictionary was trained on the latter; a large gap says the fine-tune moved the
@@ -35,7 +38,8 @@ models, the FVUs, the ranking's top); the report lists the ranking.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +49,7 @@ from tqdm.auto import tqdm
 from autointerp.runfolder import RunFolder
 
 COUNTERPART_COS = 0.5
+log = logging.getLogger(__name__)
 
 
 class DiffError(ValueError):
@@ -81,7 +86,7 @@ def check_compatible(base_folder: Path, tuned_folder: Path) -> None:
 
 
 def _dictionary_dir(run: RunFolder, dictionary: str | None) -> Path:
-    dirs = sorted(p for p in run.dictionaries.glob("*") if (p / "cfg.json").is_file())
+    dirs = run.dictionary_dirs()
     if not dirs:
         raise DiffError(f"{run.root} has no trained dictionary (run `autointerp run` on the fine-tuned model first)")
     if dictionary is None:
@@ -129,6 +134,7 @@ def diff_run(run_dir: str | Path, base: str, *, dictionary: str | None = None, b
     check_compatible(base_folder, tuned_folder)
     folder = Path(prov["caches"][hook]["folder"])
     manifest = read_manifest(folder)
+    batch = int(manifest.get("batch_size", 16))
 
     d = dl.load(ddir, device=device)
     F = d.cfg.n_latents
@@ -147,9 +153,9 @@ def diff_run(run_dir: str | Path, base: str, *, dictionary: str | None = None, b
             ctx, pos = shard["ctx"].long() - lo, shard["ctx_pos"].long()
             contexts = shard["contexts"].long()
             x_base = []
-            for b in range(0, len(contexts), 16):
-                out = capture(model, contexts[b:b + 16].to(device), [hook])[hook]
-                sel = (ctx >= b) & (ctx < b + 16)
+            for b in range(0, len(contexts), batch):
+                out = capture(model, contexts[b:b + batch].to(device), [hook])[hook]
+                sel = (ctx >= b) & (ctx < b + batch)
                 x_base.append(out[ctx[sel] - b, pos[sel]].float())
             xs = {"base": torch.cat(x_base), "tuned": shard["activations"].float().to(device)}
             z = {}
@@ -191,13 +197,15 @@ def diff_run(run_dir: str | Path, base: str, *, dictionary: str | None = None, b
     result = DiffResult(dictionary=name, base=base, tuned=tuned_spec, tokens=n_tokens,
                         fvu_base=float(fvu["base"].compute()), fvu_tuned=float(fvu["tuned"].compute()),
                         n_significant=int(sum(r["significant"] for r in rows)), rows=rows)
+    summary = {k: v for k, v in asdict(result).items() if k != "rows"}
+    summary.update(z_min=z_min, base_dictionary=None if base_dictionary is None else str(base_dictionary),
+                   counterpart_cos=COUNTERPART_COS, top=rows[:50])
+    (run.root / "diff.json").write_text(json.dumps(summary, indent=2, allow_nan=False))  # first: never lost
     if run.db.is_file():
         with FeatureDB(run.db) as db:
             db.put_diffs(name, base, z_min, rows)
-    summary = {k: v for k, v in result.__dict__.items() if k != "rows"}
-    summary.update(z_min=z_min, base_dictionary=None if base_dictionary is None else str(base_dictionary),
-                   counterpart_cos=COUNTERPART_COS, top=rows[:50])
-    (run.root / "diff.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    else:
+        log.warning("%s has no features.db (run the examples stage): the diff is in diff.json only", run.root)
     return result
 
 

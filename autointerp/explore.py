@@ -227,24 +227,32 @@ class Run:
 
     # -- auditing ------------------------------------------------------------------------
     def flags(self, flagged_only: bool = False) -> list[dict]:
-        """The rows ``autointerp flag`` wrote (every signal with its null statistics), highest
-        combined score first; ``flagged_only`` keeps the features that cleared the threshold."""
+        """The rows ``autointerp flag`` wrote (every signal with its null statistics): flagged rows
+        first, each group by combined score; ``flagged_only`` keeps the flagged ones."""
         from autointerp.flagging import flags
 
         return flags(self.root, flagged_only=flagged_only)
 
     def circuit(self, prompt: str, target: str, **kwargs):
         """The attribution graph of ``prompt`` to ``target`` (``feature:<dictionary>/<id>``,
-        ``feature:<dictionary>/latent=<n>`` or ``logit:<token>``), saved under ``RUN/circuits/``;
-        keyword arguments go to :func:`autointerp.circuits.circuit`."""
+        ``feature:<dictionary>/latent=<n>`` or ``logit:<token>``); keyword arguments go to
+        :func:`autointerp.circuits.circuit` (the one write of this otherwise read-only view: the
+        graph is saved under ``RUN/circuits/`` unless ``save=False``)."""
         from autointerp.circuits import circuit
 
         return circuit(self.root, prompt, target, **kwargs)
 
-    def diff(self) -> list[dict]:
-        """The model-diff ranking ``autointerp diff`` stored (rank 1 first; empty when not diffed)."""
+    def diff(self, base: str | None = None, dictionary: str | None = None) -> list[dict]:
+        """The model-diff ranking ``autointerp diff`` stored, rank 1 first (empty when not diffed).
+        ``base`` and ``dictionary`` may be left out when the run was diffed against one base model
+        with one dictionary; ``ValueError`` otherwise."""
         with self.db() as db:
-            return db.diffs()
+            rows = db.diffs(base=base, dictionary=dictionary)
+        keys = {(r["base"], r["dictionary"]) for r in rows}
+        if len(keys) > 1:
+            raise ValueError(f"the run holds {len(keys)} diffs ({', '.join(f'{b} / {d}' for b, d in sorted(keys))}): "
+                             f"name base= and dictionary=")
+        return rows
 
     # -- dictionaries --------------------------------------------------------------------
     def metrics(self) -> dict[str, dict]:

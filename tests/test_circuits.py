@@ -207,3 +207,18 @@ def test_real_model_circuit(tmp_path, real_model):
     assert comp["target_value"] == pytest.approx(_logit_target(real_model, "The capital of France is",
                                                                g["target"]["token_id"]), rel=1e-3, abs=1e-3)
     assert g["ablation"]["k"] == 5 and load_circuit(g["path"])["prompt"] == "The capital of France is"
+
+
+def test_markup_prompts_keep_chat_special_tokens(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from autointerp.circuits.graph import tokenize_prompt
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    context = {"prepend_bos": True, "ctx_len": 64}
+    text = "<|im_start|>user\nhello<|im_end|>"
+    start = tok.convert_tokens_to_ids("<|im_start|>")
+    plain = tokenize_prompt(tok, text, context).tolist()
+    markup = tokenize_prompt(tok, text, context, markup=True).tolist()
+    assert plain[0] == start and start not in plain[1:]  # only the BOS: the text's markup was split
+    assert markup[:2] == [start, start] and len(markup) < len(plain)

@@ -79,15 +79,20 @@ def _planted_latent(pair) -> int:
 
 
 def test_ranking_statistics():
-    n_new = np.array([40, 0, 300, 5])
-    n_lost = np.array([0, 0, 200, 5])
-    fb = np.array([0, 10, 5000, 50])
-    ft = np.array([40, 10, 5100, 50])
+    # 0: a new feature (small but certain), 1: unchanged, 2: a large shift of a common feature
+    # (|z| above 0's, |effect| below), 3: churn without a net change, 4: a switched-off feature
+    # below the threshold, 5: not significant but with the largest |z| of the rest
+    n_new = np.array([40, 0, 3000, 5, 0, 10])
+    n_lost = np.array([0, 0, 1000, 5, 9, 0])
+    fb = np.array([0, 10, 50000, 50, 9, 90])
+    ft = np.array([40, 10, 52000, 50, 0, 100])
     z, effect, order = ranking(n_new, n_lost, fb, ft, z_min=5.0)
-    assert z[0] == pytest.approx(40 / np.sqrt(41))
-    assert effect[0] == 1.0 and effect[1] == 0.0
-    assert effect[2] == pytest.approx(100 / 5100)
-    assert list(order[:2]) == [0, 2]  # significant first, the new feature above the mild shift
+    assert z[0] == pytest.approx(40 / np.sqrt(41)) and z[2] == pytest.approx(2000 / np.sqrt(4001))
+    assert effect[0] == 1.0 and effect[1] == 0.0 and effect[4] == -1.0
+    assert effect[2] == pytest.approx(2000 / 52000)
+    assert z[2] > z[0] >= 5  # both significant: |effect| orders them, not |z|
+    assert list(order[:2]) == [0, 2]
+    assert list(order[2:4]) == [5, 4]  # the rest by |z|: 10/sqrt(11) > 9/sqrt(10)
     assert z[1] == 0 and z[3] == 0
 
 
@@ -108,12 +113,19 @@ def test_planted_change_ranks_first_and_identical_models_show_nothing(pair):
     saved = json.loads((pair["run"] / "diff.json").read_text())
     assert saved["top"][0]["latent"] == latent and saved["base"] == str(pair["base"])
 
-    # the same model on both sides: no latent changes, nothing is significant
+    # re-running the same diff replaces its rows, never duplicates them
+    again = diff_run(pair["run"], str(pair["base"]), progress=False)
+    assert [r["latent"] for r in again.rows] == [r["latent"] for r in res.rows]
+    with FeatureDB(RunFolder(pair["run"]).db) as db:
+        assert len(db.diffs(base=str(pair["base"]))) == len(res.rows)
+
+    # the same model on both sides (recomputed with the cache's batch size: bit for bit the cached
+    # activations): no latent changes, nothing is significant
     same = diff_run(pair["run"], str(pair["tuned"]), progress=False)
     assert same.n_significant == 0
     assert all(r["n_new"] == 0 and r["n_lost"] == 0 for r in same.rows)
-    with FeatureDB(RunFolder(pair["run"]).db) as db:  # re-running replaces, never duplicates
-        assert len(db.diffs(base=str(pair["base"]))) == len(res.rows)
+    with FeatureDB(RunFolder(pair["run"]).db) as db:  # another base model: its own rows
+        assert len(db.diffs()) == 2 * len(res.rows)
 
 
 def test_counterparts_from_a_base_dictionary(pair, tmp_path):

@@ -13,7 +13,7 @@ import yaml
 
 import dictionaries as dl
 from autointerp.examples import ExamplesConfig
-from autointerp.featuredb import FeatureDB
+from autointerp.featuredb import SCHEMA_VERSION, FeatureDB
 from autointerp.flagging import (FlagSettings, WatchlistError, decide, flag_run, flags, load_watchlist,
                                  parse_watchlist, passes)
 from autointerp.flagging import cli as flag_cli
@@ -247,7 +247,7 @@ def test_flag_store_round_trip_and_checks(tmp_path):
     from autointerp.examples import LatentRecord
 
     with FeatureDB(tmp_path / "f.db") as db:
-        assert db.schema_version() == 3
+        assert db.schema_version() == SCHEMA_VERSION
         fid = db.put_features("d", [LatentRecord(latent=0, density=0.1, max_activation=2.0)])[0]
         values = dict(similarity=None, similarity_status=None, auroc=0.9, auroc_z=2.5, auroc_p=0.02,
                       auroc_status="ok", causal=None, causal_status="error", error="boom", score=2.5,

@@ -10,6 +10,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     """Arguments of ``autointerp circuit``."""
     p.add_argument("run", help="run folder (holding dictionaries/ and, for labels, features.db)")
     p.add_argument("--prompt", required=True, help="the text to trace (at most the dictionaries' context length)")
+    p.add_argument("--markup", action="store_true",
+                   help="the prompt is chat-template text: keep its special tokens (<|im_start|>) as markup")
     p.add_argument("--target", required=True,
                    help="feature:<dictionary>/<id> (features.db id), feature:<dictionary>/latent=<n>, or "
                         "logit:<token> (mean-centred logit of one token at the last position)")
@@ -58,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         graph = circuit(args.run, args.prompt, args.target, node_share=args.node_share, edge_share=args.edge_share,
                         max_feature_nodes=args.max_feature_nodes, ablate_k=args.ablate_k,
                         ablate_draws=args.ablate_draws, position=args.position, dictionaries=args.dictionary,
-                        device=args.device)
+                        device=args.device, markup=args.markup)
     except CircuitError as exc:
         print(f"autointerp circuit: error: {exc}", file=sys.stderr)
         return 2

@@ -127,12 +127,14 @@ def _run_dictionaries(run: RunFolder, names: list[str] | None) -> list[tuple[str
     return [(n, d, prov) for n, (d, prov) in found.items()]
 
 
-def tokenize_prompt(tokenizer, prompt: str, context: dict) -> Tensor:
+def tokenize_prompt(tokenizer, prompt: str, context: dict, markup: bool = False) -> Tensor:
     """The prompt's token ids ``[T]`` as the cache cut contexts (BOS first when it prepended one);
-    ``CircuitError`` when empty or longer than ``ctx_len``."""
+    ``CircuitError`` when empty or longer than ``ctx_len``. ``markup``: the prompt is chat-template
+    text whose special tokens (``<|im_start|>``) are markup, tokenised as the cache tokenises chat
+    corpora; otherwise (plain text, the default) they are split into ordinary tokens."""
     if not prompt or not prompt.strip():
         raise CircuitError("empty prompt")
-    ids = tokenizer(prompt, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    ids = tokenizer(prompt, add_special_tokens=False, split_special_tokens=not markup)["input_ids"]
     head = [tokenizer.bos_token_id] if context["prepend_bos"] else []
     ids = head + list(ids)
     if len(ids) > context["ctx_len"]:
@@ -229,6 +231,8 @@ class Tracer:
     value: float = math.nan
     """the target on the clean prompt."""
     clean_logits: Tensor | None = None
+    markup: bool = False
+    """the prompt was tokenised as chat-template text (special tokens kept as markup)."""
 
     @property
     def bridge(self):
@@ -531,7 +535,7 @@ def prune(nodes: list[Node], A: np.ndarray, infl: np.ndarray, node_share: float,
 
 # -------------------------------------------------------------------------------------- the API
 def _setup(run: RunFolder, prompt: str, target: str, dictionaries: list[str] | None, model, device: str,
-           position: int | None) -> Tracer:
+           position: int | None, markup: bool = False) -> Tracer:
     import dictionaries as dl
     from autointerp.data import ExclusionRules
     from autointerp.search import _keep_mask, _load_model
@@ -547,7 +551,7 @@ def _setup(run: RunFolder, prompt: str, target: str, dictionaries: list[str] | N
         raise CircuitError("the run's dictionaries disagree on BOS: their caches cut contexts differently")
     context = dict(provs[0]["context"], ctx_len=min(p["context"]["ctx_len"] for p in provs))
     tok = model.tokenizer
-    ids_T = tokenize_prompt(tok, prompt, context)
+    ids_T = tokenize_prompt(tok, prompt, context, markup)
     spliced = []
     for name, d, prov in found:
         keep = _keep_mask(ids_T, ExclusionRules(**prov["context"]["exclude"]), tok.all_special_ids)
@@ -557,7 +561,8 @@ def _setup(run: RunFolder, prompt: str, target: str, dictionaries: list[str] | N
         spliced.append(Spliced(name=name, dictionary=dic, input_hookpoint=prov["input_hookpoint"],
                                target_hookpoint=prov["target_hookpoint"], keep_T=keep.to(model.device)))
     tgt = parse_target(target, run, spliced, tok)
-    tr = Tracer(model=model, ids_T=ids_T, spliced=spliced, target=Target(spec=target, kind="logit", token_id=0))
+    tr = Tracer(model=model, ids_T=ids_T, spliced=spliced, target=Target(spec=target, kind="logit", token_id=0),
+                markup=markup)
     with torch.no_grad():
         tr.forward("record")
     T = len(ids_T)
@@ -582,7 +587,7 @@ def _setup(run: RunFolder, prompt: str, target: str, dictionaries: list[str] | N
 def circuit(run_dir: str | Path, prompt: str, target: str, *, node_share: float = 0.8, edge_share: float = 0.98,
             max_feature_nodes: int = 300, ablate_k: int = 5, ablate_draws: int = 8, seed: int = 0,
             position: int | None = None, dictionaries: list[str] | None = None, batch_size: int = 32,
-            save: bool = True, model=None, device: str = "cpu") -> dict:
+            save: bool = True, model=None, device: str = "cpu", markup: bool = False) -> dict:
     """The attribution graph of ``target`` on ``prompt`` over the run's dictionaries, as a
     JSON-ready dict (see the module docstring and :func:`save_circuit`), checked causally
     (:func:`autointerp.circuits.ablation.ablation_check`) and, with ``save``, written to
@@ -594,14 +599,15 @@ def circuit(run_dir: str | Path, prompt: str, target: str, *, node_share: float 
     feature nodes (the rest folded into error nodes). ``ablate_k``, ``ablate_draws``, ``seed``: the
     causal check. ``dictionaries``: only these (folder names; default all of the run's).
     ``batch_size``: nodes per batched backward pass. ``model``: an already loaded model (default:
-    the dictionaries' model, kept loaded between calls). Raises ``CircuitError`` for bad input.
+    the dictionaries' model, kept loaded between calls). ``markup``: the prompt is chat-template
+    text (its special tokens stay markup, as in a chat corpus). Raises ``CircuitError`` for bad input.
     """
     from autointerp.circuits.ablation import ablation_check
 
     if not 0 < node_share <= 1 or not 0 < edge_share <= 1:
         raise CircuitError(f"node_share and edge_share must be in (0, 1], got {node_share}, {edge_share}")
     run = RunFolder(run_dir)
-    tr = _setup(run, prompt, target, dictionaries, model, device, position)
+    tr = _setup(run, prompt, target, dictionaries, model, device, position, markup)
     nodes, values = _nodes(tr, max_feature_nodes)
     A, c, y = attributions(tr, nodes, values, batch_size=batch_size)
     infl = influence(A)
@@ -657,7 +663,7 @@ def _graph_dict(run, tr, prompt, nodes, A, infl, kept, edges, pruning, completen
         out_nodes.append(d)
     ids = [nodes[i].id if i < len(nodes) else "target" for i in range(len(A))]
     return {
-        "version": FORMAT_VERSION, "prompt": prompt, "tokens": tokens, "token_ids": tr.ids_T.tolist(),
+        "version": FORMAT_VERSION, "prompt": prompt, "markup": tr.markup, "tokens": tokens, "token_ids": tr.ids_T.tolist(),
         "model": tr.model.spec, "target": {**t.to_dict(), "value": tr.value, "label": target_label},
         "dictionaries": [{"name": s.name, "input_hookpoint": s.input_hookpoint, "target_hookpoint": s.target_hookpoint,
                           "layer": li} for li, s in enumerate(tr.upstream(), start=1)],

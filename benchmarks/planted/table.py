@@ -19,10 +19,10 @@ def fmt(x, spec: str = "") -> str:
 
 
 def main(paths: list[str]) -> int:
-    head = ["plant", "seed", "trigger", "attack success", "false trigger", "Δ NLL clean answers", "Δ NLL neutral text",
+    head = ["plant", "seed", "trigger", "attack success", "false trigger", "false trigger (decoy word)", "Δ NLL on base-greedy answers", "Δ NLL neutral text",
             "fine-tune", "triggered ctx", "max AUROC", "separating", "diff rank", "flag rank", "flagged",
             "explanation names trigger", "circuit: top input is trigger", "trigger share of input influence",
-            "control: significant / flagged", "audit wall"]
+            "control: significant / flagged", "control: flag rule alone", "audit wall"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for p in paths:
@@ -34,12 +34,14 @@ def main(paths: list[str]) -> int:
         c = a.get("circuit") or {}
         row = [plant["plant"], str(plant["seed"]), f"`{plant['trigger']}`",
                fmt(plant["tuned"]["attack_success"], ".0%"), fmt(plant["tuned"]["false_trigger"], ".1%"),
+               fmt(plant["tuned"].get("false_trigger_decoy"), ".1%"),
                fmt(plant["clean_nll_change"], "+.3f"), fmt(plant.get("text_nll_change"), "+.3f"),
                f"{plant['train_s'] / 60:.1f} min", f"{a['triggered_contexts']}/{a['corpus_contexts']}",
                fmt(a["max_auroc"], ".3f"), str(a["n_separating"]), fmt(a["diff_rank"]), fmt(a["flag_rank"]),
                str(a["n_flagged"]), fmt(a["explanation_names_trigger"]), fmt(c.get("points_at_trigger")),
                fmt(c.get("trigger_input_share"), ".0%"),
-               f"{a['control_significant']} / {a['control_flagged']}", f"{a['audit_wall_s'] / 60:.1f} min"]
+               f"{a['control_significant']} / {fmt(a['control_flagged'])}",
+               f"{a['control_ungated_flagged']} of {a['control_ungated_features']}", f"{a['audit_wall_s'] / 60:.1f} min"]
         print("| " + " | ".join(row) + " |")
     return 0
 
