@@ -422,7 +422,7 @@ def _diff_args(p: argparse.ArgumentParser) -> None:
 
 @command("diff", _diff_args)
 def cmd_diff(args: argparse.Namespace) -> int:
-    """Rank a run's features by how they change from a base model to the run's fine-tuned model."""
+    """Rank a run's features by how they changed from a base model to the run's own model."""
     from autointerp.diff import DiffError, diff_run, format_diff
 
     try:
