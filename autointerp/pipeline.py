@@ -31,7 +31,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,15 +336,24 @@ def _check_folder(run: RunFolder, cfg: RunConfig, update: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------- run
-def _log_to_file(path: Path) -> logging.Handler:
+@contextmanager
+def _log_to_file(path: Path) -> Iterator[None]:
+    """``run.log`` receives the autointerp loggers' INFO records for the duration; the logger's
+    own level is restored afterwards (a run inside a notebook or a test leaves no trace)."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     logger = logging.getLogger("autointerp")
+    level = logger.level
     logger.addHandler(handler)
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
-    return handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
 
 
 def run(cfg: RunConfig, root: str | Path, *, from_stage: str | None = None, until: str | None = None,
@@ -365,15 +375,11 @@ def run(cfg: RunConfig, root: str | Path, *, from_stage: str | None = None, unti
     fps = fingerprints(cfg)
     redo_from = STAGE_NAMES.index(from_stage) if from_stage else len(STAGES)
     last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
-    handler = _log_to_file(run_folder.log)
     figures: dict[str, dict] = {}
-    try:
+    with _log_to_file(run_folder.log):
         log.info("run %s: stages %s", run_folder.root, ", ".join(STAGE_NAMES[:last + 1]))
         for i, stage in enumerate(STAGES[:last + 1]):
             figures[stage.name] = _run_stage(ctx, stage, fps[stage.name], force=i >= redo_from)
-    finally:
-        logging.getLogger("autointerp").removeHandler(handler)
-        handler.close()
     return figures
 
 

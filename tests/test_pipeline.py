@@ -183,3 +183,25 @@ def test_kill_9_in_every_stage_then_resume_loses_and_duplicates_nothing(finished
     manifest = json.loads((rf.activations / "blocks.2.hook_out" / "manifest.json").read_text())
     ref_manifest = json.loads((RunFolder(finished).activations / "blocks.2.hook_out" / "manifest.json").read_text())
     assert manifest["shards"] == ref_manifest["shards"]
+
+
+def test_a_run_leaves_the_logger_level_as_it_was(tmp_path, tiny_model_dir, text_corpus):
+    """run.log needs INFO records while the run lasts; afterwards the autointerp logger's level
+    is restored (it once stayed at INFO and hid DEBUG records from every later caller)."""
+    import logging
+
+    from helpers import tiny_run_config
+
+    from autointerp.config import load_config
+    from autointerp.pipeline import run
+
+    logger = logging.getLogger("autointerp")
+    before = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        run(load_config(tiny_run_config(tiny_model_dir, text_corpus), []), tmp_path / "r", until="cache",
+            progress=False)
+        assert logger.level == logging.WARNING
+        assert "stage cache" in (tmp_path / "r" / "run.log").read_text()
+    finally:
+        logger.setLevel(before)
