@@ -333,3 +333,15 @@ def test_causal_signal_on_the_real_model(real_model):
     effects = [probe.effect(f, 2.0).effect for f in range(n)]
     st = sg.against_null(effects[0], effects[1:])
     assert effects[0] > 0 and st.z > 3 and st.p == pytest.approx(1 / n)
+
+
+def test_probe_texts_keep_positions_under_a_long_prefix_rule():
+    """A chat run excludes its shared prefix (25 positions); the probes, single sentences without
+    it, drop only the attention sinks, or every probe signal would read 0."""
+    from autointerp.data import ExclusionRules
+    from autointerp.flagging.flag import probe_rules
+
+    sinks = ExclusionRules().first_positions
+    assert probe_rules(ExclusionRules(first_positions=25)).first_positions == sinks
+    assert probe_rules(ExclusionRules(first_positions=1, special_tokens=False)) == ExclusionRules(
+        first_positions=1, special_tokens=False)

@@ -115,7 +115,7 @@ class _Dictionary:
         self.prov, self.model = _dictionary_model(folder, device)
         self.dictionary = dl.load(folder, device=device)
         self.context = self.prov["context"]
-        self.rules = ExclusionRules(**self.context["exclude"])
+        self.rules = probe_rules(ExclusionRules(**self.context["exclude"]))
         self.n = self.dictionary.cfg.n_latents
         rows = db.features(self.name)
         self.feature_id = {r["latent"]: r["id"] for r in rows}
@@ -135,6 +135,19 @@ class _Dictionary:
             from autointerp.search import embed_texts
             self._emb = embed_texts(self.texts) if self.texts else np.zeros((0, 0), np.float32)
         return self._emb
+
+
+def probe_rules(run_rules):
+    """The exclusion rules for probe texts. The run's first-position rule covers its corpus
+    contexts: attention sinks, and on a chat corpus the template's shared prefix (25 positions on
+    SmolLM2's). Probe texts are single sentences without that prefix, so they drop at most the
+    attention-sink default (:class:`~autointerp.data.ExclusionRules`); under the run's rule a short
+    probe would have no position left and every signal would read 0."""
+    from autointerp.data import ExclusionRules
+
+    sinks = ExclusionRules().first_positions
+    return ExclusionRules(special_tokens=run_rules.special_tokens,
+                          first_positions=min(run_rules.first_positions, sinks))
 
 
 def _null_latents(d: _Dictionary, exclude: set[int], n: int, seed: int) -> list[int]:
