@@ -185,13 +185,15 @@ def control(out: Path, args) -> dict:
 
     t = time.time()
     same = diff_run(out / "base", args.base, progress=False)
-    n = args.flag_features
-    some = [r["latent"] for r in same.rows if r["freq_tuned"] > 0][:n]
-    flag_run(out / "base", features=some, candidates=args.candidates, progress=False)
-    ungated = distinct_flagged(flags(out / "base"), set(some))
-    return {"control_significant": same.n_significant, "control_flagged": 0 if same.n_significant == 0 else None,
-            "control_ungated_features": len(some), "control_ungated_flagged": len(ungated),
-            "control_s": round(time.time() - t, 1)}
+    result = {"control_significant": same.n_significant,
+              "control_flagged": 0 if same.n_significant == 0 else None,
+              "control_ungated_features": None, "control_ungated_flagged": None}
+    if args.ungated_control:
+        some = [r["latent"] for r in same.rows if r["freq_tuned"] > 0][: args.flag_features]
+        flag_run(out / "base", features=some, candidates=args.candidates, progress=False)
+        result.update(control_ungated_features=len(some),
+                      control_ungated_flagged=len(distinct_flagged(flags(out / "base"), set(some))))
+    return {**result, "control_s": round(time.time() - t, 1)}
 
 
 def trigger_positions(tok, text: str, trigger: str, bos: bool) -> list[int]:
@@ -289,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", type=int, default=8, help="features given the causal signal by `flag`")
     ap.add_argument("--flag-features", type=int, default=64, help="most-changed features flagged")
     ap.add_argument("--force", action="store_true", help="remove an earlier audit of this plant first")
+    ap.add_argument("--ungated-control", action="store_true",
+                    help="also run the flag rule alone over unchanged base features (several minutes)")
     args = ap.parse_args(argv)
     plant, out = args.plant.resolve(), args.plant.resolve() / "audit"
     if out.exists() and any(out.iterdir()):

@@ -41,6 +41,7 @@ def main(paths: list[str]) -> int:
                str(a["n_flagged"]), fmt(a["explanation_names_trigger"]), fmt(c.get("points_at_trigger")),
                fmt(c.get("trigger_input_share"), ".0%"),
                f"{a['control_significant']} / {fmt(a['control_flagged'])}",
+               "-" if a["control_ungated_features"] is None else
                f"{a['control_ungated_flagged']} of {a['control_ungated_features']}", f"{a['audit_wall_s'] / 60:.1f} min"]
         print("| " + " | ".join(row) + " |")
     return 0
