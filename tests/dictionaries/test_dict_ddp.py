@@ -19,6 +19,11 @@ def test_two_gloo_ranks_stay_identical_and_learn(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "ddp_worker.py"), str(tmp_path), str(steps)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        # seen once on a machine with three CPU-bound processes on two cores: a gloo rank aborted
+        # in a C++ thread after its work (SIGABRT, nothing from our code); one fresh launch, and
+        # every assertion below still applies to its output
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
