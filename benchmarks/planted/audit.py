@@ -137,6 +137,7 @@ def audit(plant: Path, out: Path, args) -> dict:
     """The audit itself (timed): no trigger, no labels."""
     from autointerp.diff import diff_run
     from autointerp.flagging import flag_run, flags
+    from autointerp.flagging.flag import FlagSettings
 
     timings: dict[str, float] = {}
     t0 = t = time.time()
@@ -157,7 +158,8 @@ def audit(plant: Path, out: Path, args) -> dict:
     changed = [r["latent"] for r in diff.rows if r["significant"]][: args.flag_features]
     t = time.time()
     if changed:
-        flag_run(out / "tuned", features=changed, candidates=args.candidates, progress=False)
+        flag_run(out / "tuned", features=changed, progress=False,
+                 settings=FlagSettings(candidates=args.candidates, null_features=args.null_features))
     flag_rows = flags(out / "tuned") if changed else []
     timings["flag"] = time.time() - t
     t = time.time()
@@ -289,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--candidates", type=int, default=8, help="features given the causal signal by `flag`")
+    ap.add_argument("--null-features", type=int, default=8, help="random features of the causal null")
     ap.add_argument("--flag-features", type=int, default=64, help="most-changed features flagged")
     ap.add_argument("--force", action="store_true", help="remove an earlier audit of this plant first")
     ap.add_argument("--ungated-control", action="store_true",
