@@ -92,3 +92,19 @@ def test_repr_html_is_the_report_fragment(run):
     f = run.feature(latent=0)
     assert f._repr_html_() == autointerp.report.feature_fragment_html(run.root, f.id)
     assert "Python import statements" in f._repr_html_()
+
+
+def test_audit_views_flags_and_diff(run):
+    assert run.flags() == [] and run.diff() == []
+    with run.db() as db:
+        rows = [{"latent": f, "rank": i + 1, "freq_base": 0.0, "freq_tuned": 0.1, "mean_base": 0.0, "mean_tuned": 0.2,
+                 "max_base": 0.0, "max_tuned": 1.0, "n_new": 9, "n_lost": 0, "z": 3.0, "effect": 1.0,
+                 "significant": False, "counterpart_cos": None} for i, f in enumerate(DENSITY)]
+        db.put_diffs("d", "base-a", 5.0, rows)
+    got = run.diff()
+    assert [r["rank"] for r in got] == list(range(1, len(DENSITY) + 1)) and got[0]["latent"] == rows[0]["latent"]
+    with run.db() as db:
+        db.put_diffs("d", "base-b", 5.0, rows)
+    with pytest.raises(ValueError, match="2 diffs"):
+        run.diff()
+    assert len(run.diff(base="base-b")) == len(DENSITY)
