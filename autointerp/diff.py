@@ -157,7 +157,9 @@ def diff_run(run_dir: str | Path, base: str, *, dictionary: str | None = None, b
                 out = capture(model, contexts[b:b + batch].to(device), [hook])[hook]
                 sel = (ctx >= b) & (ctx < b + batch)
                 x_base.append(out[ctx[sel] - b, pos[sel]].float())
-            xs = {"base": torch.cat(x_base), "tuned": shard["activations"].float().to(device)}
+            stored = shard["activations"]
+            # the base through the cache's storage dtype too: float16 rounding is not a change
+            xs = {"base": torch.cat(x_base).to(stored.dtype).float(), "tuned": stored.float().to(device)}
             z = {}
             for m, x in xs.items():
                 o = d(x)
