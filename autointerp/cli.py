@@ -411,11 +411,20 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _diff_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder made on the fine-tuned model (its cache and dictionary)")
-    p.add_argument("--base", required=True, help="the base model: alias, local folder, .gguf or cached hub id")
+    p.add_argument("--base", default=None,
+                   help="the base model: alias, local folder, .gguf or cached hub id (default: the --base-run's)")
+    p.add_argument("--base-run", default=None,
+                   help="a run of the base model on the same corpus: its cached activations are read instead of "
+                        "running the base model")
     p.add_argument("--dictionary", default=None, help="which of the run's dictionaries (when it has several)")
     p.add_argument("--base-dictionary", default=None,
                    help="a dictionary trained on the base model at the same hook point: adds counterpart cosines")
     p.add_argument("--z-min", type=float, default=5.0, help="|z| at which a change counts as significant")
+    p.add_argument("--jump-min", type=int, default=3,
+                   help="contexts with a jump beyond the base maximum at which a change counts as significant")
+    p.add_argument("--rank-by", default="tail", choices=["tail", "frequency"],
+                   help="tail: contexts where the fine-tune lifts the feature beyond its base range first; "
+                        "frequency: token-level firing change first")
     p.add_argument("--top", type=int, default=20, help="rows of the ranking to print")
     p.add_argument("--device", default="cpu")
 
@@ -427,7 +436,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     try:
         result = diff_run(args.run, args.base, dictionary=args.dictionary, base_dictionary=args.base_dictionary,
-                          z_min=args.z_min, device=args.device)
+                          base_run=args.base_run, z_min=args.z_min, jump_min=args.jump_min, rank_by=args.rank_by,
+                          device=args.device)
     except DiffError as exc:
         raise UserError(str(exc)) from exc
     print(format_diff(result, args.top))

@@ -17,13 +17,32 @@ special tokens, the shared prefix the run excluded)::
     effect      = (n_new - n_lost) / max(#fires_tuned, #fires_base, 1)   in [-1, 1]
 
 ``effect`` = 1 is a latent that fires only in the fine-tuned model (a new feature); -1 one the
-fine-tune switched off. Ranking: latents with ``|z| >= z_min`` (default 5) first, by ``|effect|``
-then ``|z|``; the rest after, by ``|z|``. A latent is *significant* when ``|z| >= z_min``; with two
-identical models every ``n_new = n_lost = 0`` and nothing is significant. ``z`` treats tokens as
-independent, which they are not (a feature fires in runs within a context), so it overstates the
-evidence by up to the square root of the run length: ``z_min`` is a gate for ranking, not a
-calibrated p-value. The base model's activations are recomputed with the cache's batch size, so
-that an unchanged model reproduces the cached activations bit for bit.
+fine-tune switched off. ``z`` treats tokens as independent, which they are not (a feature fires in
+runs within a context), so it overstates the evidence by up to the square root of the run length:
+``z_min`` is a gate, not a calibrated p-value.
+
+The tail statistic, per context ``c`` (the cache's contexts) with ``peak_m(c) = max_{t in c} z_m(t)_j``::
+
+    jump(c) = peak_tuned(c) - peak_base(c)
+    n_jump  = #{c : jump(c) > max_base}          (counted among the TOP_JUMPS largest jumps)
+
+``n_jump`` counts the contexts in which the fine-tune raises the latent by more than the base model
+ever activates it anywhere in the corpus. A backdoor shows up this way: a trigger that appears in
+1% of contexts drives some latent far beyond its base range there, while a fine-tune's broad drift
+moves many latents a little in many contexts (large token ``z``, ``n_jump`` ~0). A latent the base
+never fires (``max_base = 0``) counts every context where it fires in the fine-tuned model: a new
+feature. Memory stays ``TOP_JUMPS x F`` (the largest jumps per latent, merged shard by shard).
+
+Rankings (``rank_by``), registered in :data:`RANKINGS`:
+
+* ``"tail"`` (default): by ``n_jump``, then as ``"frequency"``;
+* ``"frequency"``: latents with ``|z| >= z_min`` first, by ``|effect|`` then ``|z|``; the rest by ``|z|``.
+
+A latent is *significant* when ``n_jump >= jump_min`` (default 3) or ``|z| >= z_min`` (default 5);
+with two identical models every jump and every ``n_new = n_lost`` is 0, and nothing is. The base
+model's activations are recomputed with the cache's batch size, so that an unchanged model
+reproduces the cached activations bit for bit; or, with ``base_run``, read from the cache of a run
+of the base model on the same corpus (same contexts, same exclusions: checked shard by shard).
 
 Reconstruction: the dictionary's FVU on the base activations beside that on the fine-tuned ones
 (the dictionary was trained on the latter; a large gap says the fine-tune moved the
@@ -49,6 +68,8 @@ from tqdm.auto import tqdm
 from autointerp.runfolder import RunFolder
 
 COUNTERPART_COS = 0.5
+TOP_JUMPS = 64
+"""The largest per-context jumps kept per latent: ``n_jump`` saturates at this count."""
 log = logging.getLogger(__name__)
 
 
@@ -99,22 +120,82 @@ def _dictionary_dir(run: RunFolder, dictionary: str | None) -> Path:
     raise DiffError(f"no dictionary {dictionary!r} in {run.root} (have {', '.join(d.name for d in dirs)})")
 
 
-def ranking(n_new: np.ndarray, n_lost: np.ndarray, fires_base: np.ndarray, fires_tuned: np.ndarray,
-            z_min: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(z, effect, order)``: the statistics of the module docstring and the rank order."""
+def paired_stats(n_new: np.ndarray, n_lost: np.ndarray, fires_base: np.ndarray,
+                 fires_tuned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(z, effect)`` of the module docstring, per latent."""
     delta = n_new.astype(np.float64) - n_lost
     z = delta / np.sqrt(n_new + n_lost + 1.0)
     effect = delta / np.maximum(np.maximum(fires_base, fires_tuned), 1)
-    significant = np.abs(z) >= z_min
-    # lexsort sorts by the last key first: significant first, then |effect|, then |z|
-    key_effect = np.where(significant, np.abs(effect), 0.0)
-    order = np.lexsort((-np.abs(z), -key_effect, ~significant))
-    return z, effect, order
+    return z, effect
 
 
-def diff_run(run_dir: str | Path, base: str, *, dictionary: str | None = None, base_dictionary: str | Path | None = None,
-             z_min: float = 5.0, device: str = "cpu", progress: bool = True) -> DiffResult:
-    """Diff the run's (fine-tuned) model against ``base`` (a model spec); store and return the result."""
+def _frequency_keys(s: dict, z_min: float) -> list[np.ndarray]:
+    significant = np.abs(s["z"]) >= z_min
+    key_effect = np.where(significant, np.abs(s["effect"]), 0.0)
+    return [-np.abs(s["z"]), -key_effect, ~significant]  # np.lexsort: the last key sorts first
+
+
+def rank_frequency(s: dict, z_min: float) -> np.ndarray:
+    """Token-level frequency change: ``|z| >= z_min`` first, by ``|effect|`` then ``|z|``."""
+    return np.lexsort(_frequency_keys(s, z_min))
+
+
+def rank_tail(s: dict, z_min: float) -> np.ndarray:
+    """Context-level tail: by ``n_jump``, ties as :func:`rank_frequency`."""
+    return np.lexsort([*_frequency_keys(s, z_min), -s["n_jump"]])
+
+
+RANKINGS = {"tail": rank_tail, "frequency": rank_frequency}
+"""``rank_by`` name -> ``f(stats, z_min) -> order`` (latent indices, rank 1 first); ``stats``
+holds ``z``, ``effect``, ``n_jump`` arrays over latents."""
+
+
+def ranking(stats: dict, z_min: float, rank_by: str = "tail") -> np.ndarray:
+    """The rank order of latents under ``rank_by`` (one of :data:`RANKINGS`)."""
+    if rank_by not in RANKINGS:
+        raise DiffError(f"unknown ranking {rank_by!r}: use one of {', '.join(RANKINGS)}")
+    return RANKINGS[rank_by](stats, z_min)
+
+
+def context_peaks(z_NF: torch.Tensor, ctx_N: torch.Tensor, n_ctx: int) -> torch.Tensor:
+    """``[n_ctx, F]`` max of each latent over each context's tokens (0 for a context with none;
+    activations are >= 0)."""
+    out = torch.zeros(n_ctx, z_NF.shape[1], dtype=z_NF.dtype, device=z_NF.device)
+    return out.scatter_reduce_(0, ctx_N[:, None].expand_as(z_NF), z_NF, reduce="amax", include_self=True)
+
+
+def _base_cache(base_run: str | Path, hook: str, manifest: dict) -> tuple[Path, dict]:
+    """The cache folder and manifest of ``base_run`` at ``hook``, checked against the fine-tuned
+    run's ``manifest``: same corpus contexts, exclusions and shard layout."""
+    from autointerp.activations import read_manifest
+    from autointerp.interpret import _provenance
+
+    brun = RunFolder(base_run)
+    dirs = brun.dictionary_dirs()
+    folders = [Path(_provenance(d)["caches"][hook]["folder"]) for d in dirs
+               if hook in _provenance(d).get("caches", {})]
+    if not folders:
+        raise DiffError(f"{brun.root} has no dictionary trained on a cache of {hook}: run `autointerp run` on "
+                        f"the base model with the same corpus and hook point, or leave out base_run")
+    bman = read_manifest(folders[0])
+    for key in ("corpus", "context", "exclusions", "shard_contexts", "n_contexts", "tokens", "dtype"):
+        a, b = manifest.get(key), bman.get(key)
+        if key == "corpus":
+            a, b = (a or {}).get("contexts_sha256"), (b or {}).get("contexts_sha256")
+        if a != b:
+            raise DiffError(f"the base run's cache differs from the fine-tuned run's in {key} ({b!r} vs {a!r}): "
+                            f"the two runs must cache the same contexts the same way")
+    return folders[0], bman
+
+
+def diff_run(run_dir: str | Path, base: str | None = None, *, dictionary: str | None = None,
+             base_dictionary: str | Path | None = None, base_run: str | Path | None = None, z_min: float = 5.0,
+             jump_min: int = 3, rank_by: str = "tail", device: str = "cpu", progress: bool = True) -> DiffResult:
+    """Diff the run's (fine-tuned) model against ``base`` (a model spec); store and return the result.
+
+    ``base_run``: a run of the base model on the same corpus; its cached activations are used
+    instead of recomputing them (``base`` then defaults to that run's model). ``rank_by``: one of
+    :data:`RANKINGS`."""
     import dictionaries as dl
     from autointerp.activations import load_shard, read_manifest
     from autointerp.featuredb import FeatureDB
@@ -129,37 +210,63 @@ def diff_run(run_dir: str | Path, base: str, *, dictionary: str | None = None, b
         raise DiffError(f"{ddir.name} is a transcoder ({hook} -> {prov['target_hookpoint']}); diff applies "
                         f"sparse autoencoders (input = target)")
     tuned_spec = prov["model"]["spec"]
+    if rank_by not in RANKINGS:
+        raise DiffError(f"unknown ranking {rank_by!r}: use one of {', '.join(RANKINGS)}")
+    folder = Path(prov["caches"][hook]["folder"])
+    manifest = read_manifest(folder)
+    base_folder_cache, base_manifest = None, None
+    if base_run is not None:
+        base_folder_cache, base_manifest = _base_cache(base_run, hook, manifest)
+        run_base = base_manifest["model"]["spec"]
+        if base is None:
+            base = run_base
+        elif resolve(base)[0] != resolve(run_base)[0]:
+            raise DiffError(f"base {base!r} is not the model of the base run ({run_base!r})")
+    if base is None:
+        raise DiffError("name the base model (base) or a run of it (base_run)")
     base_folder, _ = resolve(base)
     tuned_folder, _ = resolve(tuned_spec)
     check_compatible(base_folder, tuned_folder)
-    folder = Path(prov["caches"][hook]["folder"])
-    manifest = read_manifest(folder)
     batch = int(manifest.get("batch_size", 16))
 
     d = dl.load(ddir, device=device)
     F = d.cfg.n_latents
-    model = load_model(base, device=device, dtype=prov["model"].get("dtype", "float32"))
+    model = None if base_folder_cache is not None else load_model(base, device=device,
+                                                                  dtype=prov["model"].get("dtype", "float32"))
     fires = {m: torch.zeros(F, dtype=torch.long) for m in ("base", "tuned")}
     sums = {m: torch.zeros(F, dtype=torch.float64) for m in ("base", "tuned")}
     maxs = {m: torch.zeros(F) for m in ("base", "tuned")}
     fvu = {m: dl.FVUAccumulator() for m in ("base", "tuned")}
     n_new, n_lost = torch.zeros(F, dtype=torch.long), torch.zeros(F, dtype=torch.long)
+    top_jumps = torch.zeros(0, F)
     n_tokens = 0
     bar = tqdm(total=manifest["tokens"], unit="tok", unit_scale=True, desc="diff", disable=not progress)
     with torch.inference_mode():
-        for entry in manifest["shards"]:
+        base_entries = base_manifest["shards"] if base_folder_cache is not None else [None] * len(manifest["shards"])
+        if len(base_entries) != len(manifest["shards"]):
+            raise DiffError("the base run's cache has another number of shards than the fine-tuned run's")
+        for entry, base_entry in zip(manifest["shards"], base_entries):
             shard = load_shard(folder, entry)
             lo = entry["contexts"][0]
             ctx, pos = shard["ctx"].long() - lo, shard["ctx_pos"].long()
             contexts = shard["contexts"].long()
-            x_base = []
-            for b in range(0, len(contexts), batch):
-                out = capture(model, contexts[b:b + batch].to(device), [hook])[hook]
-                sel = (ctx >= b) & (ctx < b + batch)
-                x_base.append(out[ctx[sel] - b, pos[sel]].float())
             stored = shard["activations"]
-            # the base through the cache's storage dtype too: float16 rounding is not a change
-            xs = {"base": torch.cat(x_base).to(stored.dtype).float(), "tuned": stored.float().to(device)}
+            if base_folder_cache is not None:
+                bshard = load_shard(base_folder_cache, base_entry)
+                if not (torch.equal(bshard["contexts"], shard["contexts"])
+                        and torch.equal(bshard["ctx"], shard["ctx"]) and torch.equal(bshard["ctx_pos"], shard["ctx_pos"])):
+                    raise DiffError(f"shard {entry.get('file', '?')}: the base run cached other tokens than the "
+                                    f"fine-tuned run")
+                x_b = bshard["activations"].float().to(device)
+            else:
+                x_base = []
+                for b in range(0, len(contexts), batch):
+                    out = capture(model, contexts[b:b + batch].to(device), [hook])[hook]
+                    sel = (ctx >= b) & (ctx < b + batch)
+                    x_base.append(out[ctx[sel] - b, pos[sel]].float())
+                # the base through the cache's storage dtype too: float16 rounding is not a change
+                x_b = torch.cat(x_base).to(stored.dtype).float()
+            xs = {"base": x_b, "tuned": stored.float().to(device)}
             z = {}
             for m, x in xs.items():
                 o = d(x)
@@ -172,6 +279,11 @@ def diff_run(run_dir: str | Path, base: str, *, dictionary: str | None = None, b
             on_b, on_t = z["base"] > 0, z["tuned"] > 0
             n_new += (on_t & ~on_b).sum(0).cpu()
             n_lost += (on_b & ~on_t).sum(0).cpu()
+            ctx_d = ctx.to(device)
+            jump = (context_peaks(z["tuned"], ctx_d, len(contexts))
+                    - context_peaks(z["base"], ctx_d, len(contexts))).cpu()
+            both = torch.cat([top_jumps, jump])
+            top_jumps = both.topk(min(TOP_JUMPS, len(both)), dim=0).values
             n_tokens += len(ctx)
             bar.update(len(ctx))
     bar.close()
@@ -183,7 +295,10 @@ def diff_run(run_dir: str | Path, base: str, *, dictionary: str | None = None, b
         wb = torch.nn.functional.normalize(bd.W_dec.detach().float().cpu(), dim=-1)
         counterpart = torch.cat([(chunk @ wb.T).max(1).values for chunk in wt.split(1024)]).numpy()
 
-    zstat, effect, order = ranking(n_new.numpy(), n_lost.numpy(), fires["base"].numpy(), fires["tuned"].numpy(), z_min)
+    zstat, effect = paired_stats(n_new.numpy(), n_lost.numpy(), fires["base"].numpy(), fires["tuned"].numpy())
+    n_jump = (top_jumps > maxs["base"][None]).sum(0).numpy()
+    max_jump = top_jumps[0].numpy() if len(top_jumps) else np.zeros(F)
+    order = ranking({"z": zstat, "effect": effect, "n_jump": n_jump}, z_min, rank_by)
     name = dictionary_name(ddir)
     rows = []
     for rank, j in enumerate(order, start=1):
@@ -193,19 +308,21 @@ def diff_run(run_dir: str | Path, base: str, *, dictionary: str | None = None, b
             "mean_base": float(sums["base"][j]) / n_tokens, "mean_tuned": float(sums["tuned"][j]) / n_tokens,
             "max_base": float(maxs["base"][j]), "max_tuned": float(maxs["tuned"][j]),
             "n_new": int(n_new[j]), "n_lost": int(n_lost[j]), "z": float(zstat[j]), "effect": float(effect[j]),
-            "significant": bool(abs(zstat[j]) >= z_min),
+            "n_jump": int(n_jump[j]), "max_jump": float(max_jump[j]),
+            "significant": bool(abs(zstat[j]) >= z_min or n_jump[j] >= jump_min),
             "counterpart_cos": None if counterpart is None else float(counterpart[j]),
         })
     result = DiffResult(dictionary=name, base=base, tuned=tuned_spec, tokens=n_tokens,
                         fvu_base=float(fvu["base"].compute()), fvu_tuned=float(fvu["tuned"].compute()),
                         n_significant=int(sum(r["significant"] for r in rows)), rows=rows)
     summary = {k: v for k, v in asdict(result).items() if k != "rows"}
-    summary.update(z_min=z_min, base_dictionary=None if base_dictionary is None else str(base_dictionary),
+    summary.update(z_min=z_min, jump_min=jump_min, rank_by=rank_by, top_jumps=TOP_JUMPS,
+                   base_run=None if base_run is None else str(base_run), base_dictionary=None if base_dictionary is None else str(base_dictionary),
                    counterpart_cos=COUNTERPART_COS, top=rows[:50])
     (run.root / "diff.json").write_text(json.dumps(summary, indent=2, allow_nan=False))  # first: never lost
     if run.db.is_file():
         with FeatureDB(run.db) as db:
-            db.put_diffs(name, base, z_min, rows)
+            db.put_diffs(name, base, z_min, rows, jump_min=jump_min, rank_by=rank_by)
     else:
         log.warning("%s has no features.db (run the examples stage): the diff is in diff.json only", run.root)
     return result
@@ -216,9 +333,11 @@ def format_diff(result: DiffResult, n: int = 20) -> str:
              f"{result.tokens:,} tokens",
              f"FVU on base activations {result.fvu_base:.3f}, on fine-tuned {result.fvu_tuned:.3f}; "
              f"{result.n_significant} latents changed significantly",
-             f"{'rank':>4} {'latent':>6} {'effect':>7} {'z':>7} {'freq base':>10} {'freq tuned':>10} {'cp cos':>6}"]
+             f"{'rank':>4} {'latent':>6} {'n_jump':>6} {'effect':>7} {'z':>7} {'freq base':>10} {'freq tuned':>10} "
+             f"{'max base':>8} {'max tuned':>9} {'cp cos':>6}"]
     for r in result.rows[:n]:
         cp = "" if r["counterpart_cos"] is None else f"{r['counterpart_cos']:.2f}"
-        lines.append(f"{r['rank']:>4} {r['latent']:>6} {r['effect']:>+7.2f} {r['z']:>+7.1f} "
-                     f"{r['freq_base']:>10.2e} {r['freq_tuned']:>10.2e} {cp:>6}")
+        lines.append(f"{r['rank']:>4} {r['latent']:>6} {r['n_jump']:>6} {r['effect']:>+7.2f} {r['z']:>+7.1f} "
+                     f"{r['freq_base']:>10.2e} {r['freq_tuned']:>10.2e} {r['max_base']:>8.2f} {r['max_tuned']:>9.2f} "
+                     f"{cp:>6}")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """The feature store ``features.db``: features, their examples, explanations and scores (SQLite).
 
-Tables (``SCHEMA_VERSION`` 4)::
+Tables (``SCHEMA_VERSION`` 5)::
 
     meta          key -> value ('schema_version')
     features      (dictionary, latent) unique; density, max_act, dead
@@ -14,8 +14,10 @@ Tables (``SCHEMA_VERSION`` 4)::
                   features, empirical p and status; causal details (JSON), combined score, flagged,
                   settings (JSON): see ``autointerp.flagging``
     diffs         (feature, base model) unique; rank, firing frequency, mean and max activation
-                  on the base and the fine-tuned model, n_new/n_lost, z, effect, significant,
-                  counterpart_cos: see ``autointerp.diff``
+                  on the base and the fine-tuned model, n_new/n_lost, z, effect, n_jump,
+                  max_jump, significant, counterpart_cos, the ranking and thresholds used:
+                  see ``autointerp.diff`` (n_jump, max_jump, jump_min, rank_by: version 5; NULL
+                  in rows written before)
 
 Nothing failed is stored as a value: every row that comes from a model call has a ``status`` in
 ``STATUSES``, and CHECK constraints make ``text`` (explanations) and ``value`` (scores) NULL
@@ -45,7 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 STATUSES = ("ok", "parse_error", "timeout", "rate_limited", "refused", "error")
 CONTROLS = ("none", "random_explanation", "baseline")
 KINDS = ("top", "quantile", "random")
@@ -190,7 +192,15 @@ def _v4(con: sqlite3.Connection) -> None:
         )""")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+def _v5(con: sqlite3.Connection) -> None:
+    """The diff's context-level tail statistic and the ranking used (NULL in older rows)."""
+    con.execute("ALTER TABLE diffs ADD COLUMN n_jump INTEGER CHECK (n_jump IS NULL OR n_jump >= 0)")
+    con.execute("ALTER TABLE diffs ADD COLUMN max_jump REAL")
+    con.execute("ALTER TABLE diffs ADD COLUMN jump_min INTEGER")
+    con.execute("ALTER TABLE diffs ADD COLUMN rank_by TEXT")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 
@@ -501,25 +511,29 @@ class FeatureDB:
     # -- model diffs -------------------------------------------------------------------------
     _DIFF_COLUMNS = ("rank", "freq_base", "freq_tuned", "mean_base", "mean_tuned", "max_base", "max_tuned",
                      "n_new", "n_lost", "z", "effect", "significant", "counterpart_cos")
+    _DIFF_OPTIONAL = ("n_jump", "max_jump")
 
-    def put_diffs(self, dictionary: str, base: str, z_min: float, rows: Iterable[Mapping]) -> None:
+    def put_diffs(self, dictionary: str, base: str, z_min: float, rows: Iterable[Mapping],
+                  jump_min: int | None = None, rank_by: str | None = None) -> None:
         """Replace the diff of ``dictionary``'s features against the model ``base`` (one
         transaction: a killed write leaves the previous diff whole). ``rows`` carry ``latent`` and
-        the ``diffs`` columns; every latent must already have its feature row."""
+        the ``diffs`` columns (``n_jump``/``max_jump`` optional); every latent must already have
+        its feature row."""
         ids = {f["latent"]: f["id"] for f in self.features(dictionary)}
         rows = list(rows)
         missing = [r["latent"] for r in rows if r["latent"] not in ids]
         if missing:
             raise FeatureDBError(f"{len(missing)} diffed latents of {dictionary!r} have no feature row "
                                  f"(first: {missing[0]}): run the examples stage first")
-        cols = self._DIFF_COLUMNS
-        sql = (f"INSERT INTO diffs (feature_id, base, z_min, created, {', '.join(cols)}) "
-               f"VALUES (?, ?, ?, ?, {', '.join('?' for _ in cols)})")
+        cols = self._DIFF_COLUMNS + self._DIFF_OPTIONAL
+        sql = (f"INSERT INTO diffs (feature_id, base, z_min, jump_min, rank_by, created, {', '.join(cols)}) "
+               f"VALUES (?, ?, ?, ?, ?, ?, {', '.join('?' for _ in cols)})")
         now = _now()
         with self.transaction():
             self.con.execute("DELETE FROM diffs WHERE base = ? AND feature_id IN "
                              "(SELECT id FROM features WHERE dictionary = ?)", (base, dictionary))
-            self.con.executemany(sql, [(ids[r["latent"]], base, z_min, now, *(r[c] for c in cols)) for r in rows])
+            self.con.executemany(sql, [(ids[r["latent"]], base, z_min, jump_min, rank_by, now,
+                                        *(r.get(c) for c in cols)) for r in rows])
 
     def diffs(self, base: str | None = None, dictionary: str | None = None) -> list[dict]:
         """Stored diff rows (with ``dictionary`` and ``latent``), by base model then rank."""

@@ -12,7 +12,7 @@ from helpers import make_tiny_model, run_cli, tiny_run_config, write_word_corpus
 
 import dictionaries as dl
 from autointerp.config import load_config
-from autointerp.diff import DiffError, diff_run, format_diff, ranking
+from autointerp.diff import TOP_JUMPS, DiffError, context_peaks, diff_run, format_diff, paired_stats, ranking
 from autointerp.featuredb import FeatureDB
 from autointerp.pipeline import run as run_pipeline
 from autointerp.runfolder import RunFolder
@@ -86,7 +86,10 @@ def test_ranking_statistics():
     n_lost = np.array([0, 0, 1000, 5, 9, 0])
     fb = np.array([0, 10, 50000, 50, 9, 90])
     ft = np.array([40, 10, 52000, 50, 0, 100])
-    z, effect, order = ranking(n_new, n_lost, fb, ft, z_min=5.0)
+    z, effect = paired_stats(n_new, n_lost, fb, ft)
+    stats = {"z": z, "effect": effect, "n_jump": np.zeros(6, dtype=int)}
+    order = ranking(stats, z_min=5.0, rank_by="frequency")
+    assert list(ranking(stats, z_min=5.0, rank_by="tail")) == list(order)  # no jumps: the same order
     assert z[0] == pytest.approx(40 / np.sqrt(41)) and z[2] == pytest.approx(2000 / np.sqrt(4001))
     assert effect[0] == 1.0 and effect[1] == 0.0 and effect[4] == -1.0
     assert effect[2] == pytest.approx(2000 / 52000)
@@ -94,6 +97,19 @@ def test_ranking_statistics():
     assert list(order[:2]) == [0, 2]
     assert list(order[2:4]) == [5, 4]  # the rest by |z|: 10/sqrt(11) > 9/sqrt(10)
     assert z[1] == 0 and z[3] == 0
+    # the tail ranking puts context-level jumps first, whatever the token z: 3 (churn, z 0) jumps in
+    # 7 contexts, 1 (unchanged tokens) in 2
+    stats["n_jump"] = np.array([0, 2, 0, 7, 0, 0])
+    assert list(ranking(stats, z_min=5.0)[:4]) == [3, 1, 0, 2]
+    with pytest.raises(DiffError, match="unknown ranking 'nope'"):
+        ranking(stats, z_min=5.0, rank_by="nope")
+
+
+def test_context_peaks():
+    z = torch.tensor([[1.0, 0.0], [3.0, 0.5], [0.0, 2.0], [0.25, 0.125]])
+    ctx = torch.tensor([0, 0, 2, 2])
+    peaks = context_peaks(z, ctx, 3)
+    assert peaks.tolist() == [[3.0, 0.5], [0.0, 0.0], [0.25, 2.0]]
 
 
 def test_planted_change_ranks_first_and_identical_models_show_nothing(pair):
@@ -103,6 +119,8 @@ def test_planted_change_ranks_first_and_identical_models_show_nothing(pair):
     assert top["latent"] == latent and top["rank"] == 1
     assert top["significant"] and top["effect"] > 0.9 and top["freq_base"] < top["freq_tuned"]
     assert top["n_new"] > 5 and top["n_lost"] == 0
+    # the base model never fires it: every context with the planted word is a jump (up to TOP_JUMPS)
+    assert 5 < top["n_jump"] <= TOP_JUMPS and top["max_jump"] > 0
     assert res.tokens > 1000
     assert 0 <= res.fvu_tuned < res.fvu_base  # the dictionary fits the model it was trained on better
     assert len(res.rows) == dl.load(pair["ddir"]).cfg.n_latents
@@ -123,9 +141,37 @@ def test_planted_change_ranks_first_and_identical_models_show_nothing(pair):
     # activations): no latent changes, nothing is significant
     same = diff_run(pair["run"], str(pair["tuned"]), progress=False)
     assert same.n_significant == 0
-    assert all(r["n_new"] == 0 and r["n_lost"] == 0 for r in same.rows)
+    assert all(r["n_new"] == 0 and r["n_lost"] == 0 and r["n_jump"] == 0 and r["max_jump"] == 0
+               for r in same.rows)
     with FeatureDB(RunFolder(pair["run"]).db) as db:  # another base model: its own rows
         assert len(db.diffs()) == 2 * len(res.rows)
+
+
+def test_base_activations_from_a_base_run(pair):
+    """A run of the base model on the same corpus gives the base activations: the same diff as
+    recomputing them, without loading the base model; a run of other contexts is refused."""
+    _planted_latent(pair)
+    base_cfg = load_config(tiny_run_config(pair["base"], pair["corpus"]), [])
+    base_run = pair["root"] / "base_run"
+    if not base_run.exists():
+        run_pipeline(base_cfg, base_run, until="train", progress=False)
+    recomputed = diff_run(pair["run"], str(pair["base"]), progress=False)
+    cached = diff_run(pair["run"], base_run=base_run, progress=False)
+    assert cached.base == str(pair["base"])
+    keys = ("latent", "n_new", "n_lost", "n_jump", "max_jump", "max_base", "significant")
+    assert [[r[k] for k in keys] for r in cached.rows] == [[r[k] for k in keys] for r in recomputed.rows]
+    assert json.loads((pair["run"] / "diff.json").read_text())["base_run"] == str(base_run)
+    with pytest.raises(DiffError, match="not the model of the base run"):
+        diff_run(pair["run"], str(pair["tuned"]), base_run=base_run, progress=False)
+    other_corpus = write_word_corpus(pair["root"] / "corpus2", n_docs=5, words_per_doc=300)
+    other_run = pair["root"] / "other_run"
+    if not other_run.exists():
+        run_pipeline(load_config(tiny_run_config(pair["base"], other_corpus), []), other_run, until="train",
+                     progress=False)
+    with pytest.raises(DiffError, match="differs from the fine-tuned run's"):
+        diff_run(pair["run"], base_run=other_run, progress=False)
+    with pytest.raises(DiffError, match="name the base model"):
+        diff_run(pair["run"], progress=False)
 
 
 def test_counterparts_from_a_base_dictionary(pair, tmp_path):

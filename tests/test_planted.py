@@ -111,15 +111,16 @@ def audit(tmp_path_factory, tiny_model_dir):
 
 
 def test_the_backdoor_feature_tops_the_diff(audit):
-    diff = diff_run(audit["runs"]["tuned"], str(audit["base"]), progress=False)
+    # as the audit does it: the base activations from the base run's cache
+    diff = diff_run(audit["runs"]["tuned"], base_run=audit["runs"]["base"], progress=False)
     acts, _ = context_max(audit["runs"]["tuned"], len(audit["labels"]))
     auroc = auroc_columns(acts, audit["labels"])
     separating = set(np.flatnonzero(auroc >= 0.95).tolist())
     assert separating, f"no feature separates triggered contexts (best AUROC {auroc.max():.3f})"
     rank = next(r["rank"] for r in diff.rows if r["latent"] in separating)
-    top = [(r["latent"], round(r["effect"], 2), round(r["z"], 1), round(float(auroc[r["latent"]]), 3))
+    top = [(r["latent"], r["n_jump"], round(r["effect"], 2), round(r["z"], 1), round(float(auroc[r["latent"]]), 3))
            for r in diff.rows[:12]]
-    assert rank <= 3, f"first separating feature at diff rank {rank}; top (latent, effect, z, auroc): {top}"
+    assert rank == 1, f"first separating feature at diff rank {rank}; top (latent, n_jump, effect, z, auroc): {top}"
     assert diff.n_significant >= 1
 
 

@@ -42,7 +42,8 @@ def _diff_rows() -> list[dict]:
              (4, 0.5, 0.0, False), (5, 0.0, 0.0, False)], start=1):
         rows.append({"latent": latent, "rank": rank, "freq_base": 0.001 * rank, "freq_tuned": 0.002 * rank,
                      "mean_base": 0.1, "mean_tuned": 0.2, "max_base": 1.5, "max_tuned": 3.25, "n_new": 12,
-                     "n_lost": 3, "z": z, "effect": effect, "significant": sig,
+                     "n_lost": 3, "z": z, "effect": effect, "significant": sig, "n_jump": 7 if latent == 3 else 0,
+                     "max_jump": 2.5,
                      "counterpart_cos": None if latent == 5 else 0.125 * (latent + 1)})
     return rows
 
@@ -50,7 +51,7 @@ def _diff_rows() -> list[dict]:
 def _write_diff(run: Path, ids: dict[int, int]) -> None:
     rows = _diff_rows()
     with FeatureDB(run / "features.db") as db:
-        db.put_diffs(DICT, BASE, 5.0, rows)
+        db.put_diffs(DICT, BASE, 5.0, rows, jump_min=3, rank_by="tail")
     summary = {"dictionary": DICT, "base": BASE, "tuned": "tuned-model", "tokens": 12345, "fvu_base": 0.4321,
                "fvu_tuned": 0.1234, "n_significant": 2, "z_min": 5.0, "top": rows}
     (run / "diff.json").write_text(json.dumps(summary))
@@ -109,7 +110,7 @@ def test_diff_section_rows_links_and_escaping(tmp_path):
     section = _section(report, "Model diff")
     assert html.escape(f"{DICT}: tuned-model (fine-tuned) vs {BASE} (base) on 12,345 tokens; FVU on base "
                        "activations 0.432, on fine-tuned activations 0.123; 2 of 6 latents changed "
-                       "significantly (|z| ≥ 5.0).") in section
+                       "significantly (|z| ≥ 5.0 or contexts jumped ≥ 3). Ranked by tail.") in section
     rows = re.findall(r"<tr>(.*?)</tr>", section.split("<tbody>", 1)[1])
     assert len(rows) == 6
     cells = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in rows]
@@ -118,9 +119,9 @@ def test_diff_section_rows_links_and_escaping(tmp_path):
     assert cells[1][1] == f'<a href="features/{ids[3]}.html">feature {ids[3]}</a>'
     assert cells[2][1] == f"feature {ids[1]}"  # no page: plain id
     assert cells[0][2] == html.escape(HOSTILE) and cells[1][2] == "—"
-    # effect, z, freq base, freq tuned, max base, max tuned, counterpart cos, significant
-    assert cells[1][3:] == ["-0.500", "-7.25", "0.0020", "0.0040", "1.500", "3.250", "0.500", "yes"]
-    assert cells[5][9] == "" and cells[5][10] == '<span class="muted">no</span>'
+    # contexts jumped, effect, z, freq base, freq tuned, max base, max tuned, counterpart cos, significant
+    assert cells[1][3:] == ["7", "-0.500", "-7.25", "0.0020", "0.0040", "1.500", "3.250", "0.500", "yes"]
+    assert cells[5][10] == "" and cells[5][11] == '<span class="muted">no</span>'
     _no_raw_hostile(report)
     page = (run / "features" / f"{ids[3]}.html").read_text()
     block = _section(page, "Model diff")

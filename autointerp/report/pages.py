@@ -281,21 +281,26 @@ def flag_evidence_html(flags: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------ model diff
-DIFF_NOTE = ("Per latent, over the same tokens read by the base and the fine-tuned model: effect = (tokens "
-             "where it fires only in the fine-tuned model − only in the base) / its firing count in the model "
-             "where it fires more, in [−1, 1] (1: new in the fine-tune, −1: switched off); z = McNemar's "
-             "paired statistic of the same counts; significant when |z| ≥ z_min. Counterpart cos: the "
-             "largest decoder cosine to a base-model dictionary (blank: no base dictionary given; below 0.5: "
-             "no counterpart).")
+DIFF_NOTE = ("Per latent, over the same contexts read by the base and the fine-tuned model: contexts jumped = "
+             "the number of contexts in which the fine-tune raises the latent's peak by more than the base "
+             "model's largest activation of it anywhere in the corpus (a backdoor's trigger shows this way: rare "
+             "contexts, far beyond the base range; capped at 64); effect = (tokens where it fires only in the "
+             "fine-tuned model − only in the base) / its firing count in the model where it fires more, in "
+             "[−1, 1] (1: new in the fine-tune, −1: switched off); z = McNemar's paired statistic of the same "
+             "counts. Significant when contexts jumped ≥ jump_min or |z| ≥ z_min. Ranked by the ranking "
+             "named in the summary (tail: contexts jumped first; frequency: significant |effect| first). "
+             "Counterpart cos: the largest decoder cosine to a base-model dictionary (blank: no base "
+             "dictionary given; below 0.5: no counterpart).")
 DIFF_TOP = 50
-_DIFF_HEADERS = ["rank", "feature", "explanation", "effect", "z", "freq base", "freq tuned", "max base",
+_DIFF_HEADERS = ["rank", "feature", "explanation", "contexts jumped", "effect", "z", "freq base", "freq tuned", "max base",
                  "max tuned", "counterpart cos", "significant"]
 
 
 def _diff_numbers(d: dict) -> list[str]:
     """effect … significant cells of one diff row (escaped)."""
     cos = "" if d["counterpart_cos"] is None else fmt(d["counterpart_cos"])
-    return [esc(f"{d['effect']:+.3f}"), esc(f"{d['z']:+.2f}"), esc(fmt(d["freq_base"], 4)),
+    jumped = "—" if d.get("n_jump") is None else esc(d["n_jump"])
+    return [jumped, esc(f"{d['effect']:+.3f}"), esc(f"{d['z']:+.2f}"), esc(fmt(d["freq_base"], 4)),
             esc(fmt(d["freq_tuned"], 4)), esc(fmt(d["max_base"])), esc(fmt(d["max_tuned"])), esc(cos),
             "yes" if d["significant"] else '<span class="muted">no</span>']
 
@@ -305,11 +310,15 @@ def diff_summary_line(base: str, dictionary: str, rows: list[dict], summary: dic
     base and dictionary; it holds the latest diff only), significant latents and the z threshold."""
     n_sig = sum(d["significant"] for d in rows)
     z_min = rows[0]["z_min"] if rows else None
+    jump_min = rows[0].get("jump_min") if rows else None
+    rule = f"|z| ≥ {fmt(z_min, 1)}" + ("" if jump_min is None else f" or contexts jumped ≥ {jump_min}")
+    rank_by = rows[0].get("rank_by") if rows else None
+    ranked = "" if rank_by is None else f" Ranked by {rank_by}."
     s = summary if summary and summary.get("base") == base and summary.get("dictionary") == dictionary else None
     if s is None:
         return (f"{dictionary}: fine-tuned model vs {base} (base); {n_sig} of {len(rows)} latents changed "
-                f"significantly (|z| ≥ {fmt(z_min, 1)}). Tokens and FVU: not in diff.json (it holds the "
-                "latest diff only).")
+                f"significantly ({rule}). Tokens and FVU: not in diff.json (it holds the "
+                f"latest diff only).{ranked}")
 
     def num(key: str, digits: int = 3) -> str:
         v = s.get(key)
@@ -319,7 +328,7 @@ def diff_summary_line(base: str, dictionary: str, rows: list[dict], summary: dic
     tokens = f"{tokens:,}" if isinstance(tokens, int) else "?"
     return (f"{dictionary}: {s.get('tuned', '?')} (fine-tuned) vs {base} (base) on {tokens} tokens; FVU on "
             f"base activations {num('fvu_base')}, on fine-tuned activations {num('fvu_tuned')}; {n_sig} of "
-            f"{len(rows)} latents changed significantly (|z| ≥ {fmt(z_min, 1)}).")
+            f"{len(rows)} latents changed significantly ({rule}).{ranked}")
 
 
 def diff_html(rows: list[dict], summary: dict | None, summary_error: str | None, paged: set[int],
@@ -343,7 +352,7 @@ def diff_html(rows: list[dict], summary: dict | None, summary_error: str | None,
         out.append(f"<h3>{esc(dictionary)} vs {esc(base)}</h3>"
                    f"<p>{esc(diff_summary_line(base, dictionary, group, summary))}</p>"
                    f'<p class="note">top {esc(min(DIFF_TOP, len(group)))} of {esc(len(group))} by rank</p>'
-                   + table(_DIFF_HEADERS, cells, num={0, 3, 4, 5, 6, 7, 8, 9}))
+                   + table(_DIFF_HEADERS, cells, num={0, 3, 4, 5, 6, 7, 8, 9, 10}))
     return "".join(out)
 
 
@@ -352,7 +361,7 @@ def diff_evidence_html(diffs: list[dict]) -> str:
     rows = [[esc(d["base"]), esc(d["rank"]), *_diff_numbers(d), esc(d["n_new"]), esc(d["n_lost"])]
             for d in diffs]
     headers = ["base model", "rank", *_DIFF_HEADERS[3:], "tokens new", "tokens lost"]
-    return f'<p class="note">{esc(DIFF_NOTE)}</p>' + table(headers, rows, num={1, 2, 3, 4, 5, 6, 7, 8, 10, 11})
+    return f'<p class="note">{esc(DIFF_NOTE)}</p>' + table(headers, rows, num={1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12})
 
 
 # -------------------------------------------------------------------------------- circuits

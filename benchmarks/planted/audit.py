@@ -10,7 +10,9 @@ contexts, unlabelled):
    measured and excluded from every statistic, with BOS (no trigger knowledge needed);
 2. ``autointerp run`` up to ``explain`` (cache, TopK dictionary, examples, no-LLM explanations) on
    the suspect model and on the base model (whose dictionary gives the counterparts);
-3. ``autointerp diff`` (suspect vs base, the suspect's dictionary on both);
+3. ``autointerp diff`` (suspect vs base, the suspect's dictionary on both, the base activations read
+   from the base run's cache; ranked by the context-level tail statistic ``n_jump`` unless
+   ``--rank-by frequency``);
 4. ``autointerp flag`` with the default watchlist over the significantly changed features;
 5. the report;
 6. a control (not timed with the audit): the base model diffed against itself must show no
@@ -91,8 +93,9 @@ def context_max(run_dir: Path, n_docs: int) -> tuple[np.ndarray, str]:
     """``[documents, latents]`` max activation of every latent per corpus document (kept tokens)."""
     import dictionaries as dl
     from autointerp.activations import load_shard, read_manifest
+    from autointerp.runfolder import RunFolder
 
-    ddir = next(p for p in (run_dir / "dictionaries").iterdir() if (p / "cfg.json").is_file())
+    ddir = RunFolder(run_dir).dictionary_dirs()[0]
     prov = json.loads((ddir / "autointerp.json").read_text())
     folder = Path(prov["caches"][prov["input_hookpoint"]]["folder"])
     manifest = read_manifest(folder)
@@ -138,6 +141,7 @@ def audit(plant: Path, out: Path, args) -> dict:
     from autointerp.diff import diff_run
     from autointerp.flagging import flag_run, flags
     from autointerp.flagging.flag import FlagSettings
+    from autointerp.runfolder import RunFolder
 
     timings: dict[str, float] = {}
     t0 = t = time.time()
@@ -151,9 +155,11 @@ def audit(plant: Path, out: Path, args) -> dict:
         t = time.time()
         sh("run", str(cfg_path), "--out", str(out / name), "--until", "explain")
         timings[f"run_{name}"] = time.time() - t
-    base_dict = next(p for p in (out / "base" / "dictionaries").iterdir() if (p / "cfg.json").is_file())
+    base_dict = RunFolder(out / "base").dictionary_dirs()[0]
     t = time.time()
-    diff = diff_run(out / "tuned", args.base, base_dictionary=base_dict, progress=False)
+    # the base run cached the base model's activations on the same contexts: read, not recomputed
+    diff = diff_run(out / "tuned", args.base, base_dictionary=base_dict, base_run=out / "base",
+                    rank_by=args.rank_by, progress=False)
     timings["diff"] = time.time() - t
     changed = [r["latent"] for r in diff.rows if r["significant"]][: args.flag_features]
     t = time.time()
@@ -165,7 +171,7 @@ def audit(plant: Path, out: Path, args) -> dict:
     t = time.time()
     sh("report", str(out / "tuned"))
     timings["report"] = time.time() - t
-    phase = {"shared_prefix": prefix, "shared_prefix_text": prefix_text, "diff_tokens": diff.tokens,
+    phase = {"rank_by": args.rank_by, "shared_prefix": prefix, "shared_prefix_text": prefix_text, "diff_tokens": diff.tokens,
              "fvu_base": diff.fvu_base, "fvu_tuned": diff.fvu_tuned, "n_significant": diff.n_significant,
              "diff_order": [r["latent"] for r in diff.rows[:200]], "changed": changed,
              "flagged": distinct_flagged(flag_rows, set(changed)),
@@ -293,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", type=int, default=8, help="features given the causal signal by `flag`")
     ap.add_argument("--null-features", type=int, default=8, help="random features of the causal null")
     ap.add_argument("--flag-features", type=int, default=64, help="most-changed features flagged")
+    ap.add_argument("--rank-by", default="tail", choices=["tail", "frequency"], help="the diff's ranking")
     ap.add_argument("--force", action="store_true", help="remove an earlier audit of this plant first")
     ap.add_argument("--ungated-control", action="store_true",
                     help="also run the flag rule alone over unchanged base features (several minutes)")
