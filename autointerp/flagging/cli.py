@@ -19,6 +19,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=4.0, help="steering amount in units of the feature's max "
                    "activation (default 4)")
     p.add_argument("--permutations", type=int, default=500, help="label shufflings of the AUROC null (default 500)")
+    p.add_argument("--chat", default="auto", choices=["auto", "on", "off"],
+                   help="causal probes as chat turns (the prompt a user message, the completion the start of "
+                        "the assistant's answer); auto: when the model's tokenizer has a chat template")
     p.add_argument("--features", default=None, help="only these latents, comma-separated (default: all)")
     p.add_argument("--force", action="store_true", help="recompute concepts already flagged with these settings")
     p.add_argument("--device", default="cpu")
@@ -45,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         features = None if args.features is None else [int(f) for f in args.features.split(",") if f.strip()]
         settings = FlagSettings(candidates=args.candidates, null_features=args.null_features, alpha=args.alpha,
-                                permutations=args.permutations)
+                                permutations=args.permutations, chat=args.chat)
         summary = flag_run(args.run, args.watchlist, features=features, device=args.device,
                            progress=not args.no_progress, settings=settings, force=args.force)
     except (WatchlistError, FlagError, ValueError) as exc:

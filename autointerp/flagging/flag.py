@@ -5,7 +5,13 @@ For each dictionary of the run and each concept of the watchlist:
 1. (a) explanation similarity and (b) activation AUROC for every latent (``signals``);
 2. the top ``candidates`` latents by ``clip(z_a, 0, 10) + clip(z_b, 0, 10)`` and ``null_features``
    random live latents (the causal null, the same sample for every concept) get (c) the
-   causal effect; a null latent's own z is taken against the other null latents;
+   causal effect; a null latent's own z is taken against the other null latents. Its framing
+   (:attr:`FlagSettings.chat`): on a chat model (a tokenizer with a chat template, the default
+   ``"auto"``) each probe prompt is a user message in the chat template and each completion the
+   first words of the assistant's answer, where an instruct model's behaviour (a planted
+   backdoor's hostile answer) shows; otherwise prompt text followed by the completion. The
+   framing is recorded in every causal row's ``causal_details["framing"]`` (``"chat"`` or
+   ``"plain"``). Signal (b) always reads the plain probe texts;
 3. one ``flags`` row per latent that is a candidate, a null latent, or passes (a) or (b).
 
 **The flag rule.** A signal *passes* when it is beyond its null at the stated level:
@@ -24,7 +30,8 @@ signal that could not be computed does not pass. Flags are ranked by the combine
 ``S = sum over measured signals of clip(z, 0, 10)`` (flagged first in :func:`flags`).
 
 Re-running is idempotent: a (dictionary, concept) whose stored rows carry the same concept hash
-and settings is skipped; otherwise its rows are replaced in one transaction.
+and settings (every :class:`FlagSettings` field, ``chat`` included, the framing it resolved to
+and the feature restriction) is skipped; otherwise its rows are replaced in one transaction.
 """
 
 from __future__ import annotations
@@ -68,10 +75,25 @@ class FlagSettings:
     permutations: int = 500
     """label shufflings of the AUROC permutation null."""
     seed: int = 0
+    chat: str = "auto"
+    """framing of the causal probes (:data:`~autointerp.flagging.signals.CHAT_MODES`): ``"on"``,
+    each prompt a user message in the model's chat template and each completion the start of the
+    assistant's answer; ``"off"``, prompt text followed by the completion; ``"auto"``, on when the
+    model's tokenizer has a chat template. ``"on"`` for a model without one is a
+    :class:`FlagError`."""
 
     def __post_init__(self) -> None:
         if self.candidates < 0 or self.null_features < 2 or self.permutations < 1:
             raise ValueError(f"need candidates >= 0, null_features >= 2, permutations >= 1; got {self}")
+        sg.check_chat_mode(self.chat)
+
+    def framing(self, tokenizer) -> str:
+        """``"chat"`` or ``"plain"``: what :attr:`chat` resolves to for ``tokenizer``; a
+        :class:`FlagError` for ``"on"`` and a tokenizer without a chat template."""
+        try:
+            return "chat" if sg.resolve_chat(self.chat, tokenizer) else "plain"
+        except ValueError as exc:
+            raise FlagError(str(exc)) from exc
 
 
 def _clip(z: float | None) -> float:
@@ -184,8 +206,9 @@ def _signal_ab(d: _Dictionary, concept: Concept, s: FlagSettings) -> tuple[dict,
 
 
 def _flag_concept(d: _Dictionary, watchlist: Watchlist, concept: Concept, s: FlagSettings,
-                  restrict: set[int] | None, device: str) -> list[dict]:
-    """The flag rows of one concept on one dictionary."""
+                  restrict: set[int] | None, device: str, framing: str = "plain") -> list[dict]:
+    """The flag rows of one concept on one dictionary; ``framing`` (``"chat"`` or ``"plain"``,
+    :meth:`FlagSettings.framing`) of the causal probes."""
     ab, acts_NF = _signal_ab(d, concept, s)
     z_a = ab.get("similarity_z", np.full(d.n, np.nan))
     prior = np.nan_to_num(z_a, nan=0.0).clip(0, Z_CLIP) + np.nan_to_num(ab["auroc_z"], nan=0.0).clip(0, Z_CLIP)
@@ -202,7 +225,7 @@ def _flag_concept(d: _Dictionary, watchlist: Watchlist, concept: Concept, s: Fla
         probe = sg.CausalProbe(d.model, d.dictionary, target, watchlist.neutral, concept.positive,
                                concept.scored_completions(), bool(d.context["prepend_bos"]),
                                d.rules.first_positions, s.alpha, device,
-                               same_input=target == prov["input_hookpoint"])
+                               same_input=target == prov["input_hookpoint"], chat=framing == "chat")
         for f in [*candidates, *nulls]:
             if f not in causal:
                 causal[f] = probe.effect(f, float(m[f]) if m[f] > 0 else float(np.median(m[m > 0]) if (m > 0).any()
@@ -228,7 +251,8 @@ def _flag_concept(d: _Dictionary, watchlist: Watchlist, concept: Concept, s: Fla
                                      "null_latents": [g for g in null_effects if g != f],
                                      "null_effects": [null_effects[g] for g in null_effects if g != f],
                                      "beyond_null_max": bool(not null or eff.effect > max(null)),
-                                     "completions": list(concept.scored_completions()), "alpha": s.alpha}
+                                     "completions": list(concept.scored_completions()), "alpha": s.alpha,
+                                     "framing": framing}
         elif causal_error is not None and (f in candidates or f in nulls):
             row.update(causal=None, causal_z=None, causal_p=None, causal_status="error", causal_details=None,
                        error=causal_error)
@@ -262,7 +286,9 @@ def flag_run(run_dir: str | Path, watchlist: str | Path | Watchlist | None = Non
     :class:`Watchlist`, or None for the default) and store every row in ``features.db``.
 
     ``features``: only these latents can be candidates or flagged (default: all); the null is
-    always drawn from the whole dictionary. Returns a summary ``{watchlist, watchlist_hash,
+    always drawn from the whole dictionary. ``settings.chat`` picks the causal probes' framing
+    (chat template or plain text, see :class:`FlagSettings`); a run flagged with another framing
+    is recomputed, not skipped. Returns a summary ``{watchlist, watchlist_hash,
     dictionaries: {name: {concept: {rows, flagged, skipped}}}, flagged}``."""
     run = RunFolder(run_dir)
     if not run.db.is_file():
@@ -277,19 +303,21 @@ def flag_run(run_dir: str | Path, watchlist: str | Path | Watchlist | None = Non
     with FeatureDB(run.db) as db, torch.inference_mode():
         for folder in dirs:
             d = _Dictionary(folder, db, device)
+            framing = s.framing(d.model.tokenizer)
             per: dict = {}
             for concept in tqdm(wl.concepts, desc=f"flag {d.name}", disable=not progress):
                 key = concept.hash
                 stored = db.con.execute(
                     "SELECT COUNT(*), SUM(flagged) FROM flags g JOIN features f ON f.id = g.feature_id WHERE "
                     "f.dictionary = ? AND g.watchlist = ? AND g.concept = ? AND g.watchlist_hash = ? "
-                    "AND g.settings = ?", (d.name, wl.name, concept.name, key, _settings_json(s, restrict))
+                    "AND g.settings = ?",
+                    (d.name, wl.name, concept.name, key, _settings_json(s, restrict, framing))
                 ).fetchone()
                 if stored[0] and not force:
                     per[concept.name] = {"rows": stored[0], "flagged": int(stored[1] or 0), "skipped": True}
                     summary["flagged"] += int(stored[1] or 0)
                     continue
-                rows = _flag_concept(d, wl, concept, s, restrict, device)
+                rows = _flag_concept(d, wl, concept, s, restrict, device, framing)
                 with db.transaction():
                     db.delete_flags(wl.name, concept.name, d.name)
                     for r in rows:
@@ -297,7 +325,7 @@ def flag_run(run_dir: str | Path, watchlist: str | Path | Watchlist | None = Non
                         details = r["causal_details"]
                         r["causal_details"] = {**(details or {}), "auroc_null": extra}
                         db.put_flag(d.feature_id[r.pop("latent")], wl.name, key, concept.name,
-                                    settings=_settings(s, restrict), **r)
+                                    settings=_settings(s, restrict, framing), **r)
                 n_flagged = sum(r["flagged"] for r in rows)
                 per[concept.name] = {"rows": len(rows), "flagged": n_flagged, "skipped": False}
                 summary["flagged"] += n_flagged
@@ -305,13 +333,15 @@ def flag_run(run_dir: str | Path, watchlist: str | Path | Watchlist | None = Non
     return summary
 
 
-def _settings(s: FlagSettings, restrict: set[int] | None) -> dict:
-    return {**asdict(s), "features": None if restrict is None else sorted(restrict)}
+def _settings(s: FlagSettings, restrict: set[int] | None, framing: str) -> dict:
+    """What a stored row was computed with (compared as JSON to skip a concept already done):
+    every settings field, the causal framing ``chat`` resolved to, and the feature restriction."""
+    return {**asdict(s), "framing": framing, "features": None if restrict is None else sorted(restrict)}
 
 
-def _settings_json(s: FlagSettings, restrict: set[int] | None) -> str:
+def _settings_json(s: FlagSettings, restrict: set[int] | None, framing: str) -> str:
     import json
-    return json.dumps(_settings(s, restrict))
+    return json.dumps(_settings(s, restrict, framing))
 
 
 def flags(run_dir: str | Path, watchlist: str | None = None, concept: str | None = None,

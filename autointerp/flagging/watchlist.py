@@ -11,7 +11,9 @@ A watchlist file::
         positive: [text, ...]         # texts that express the concept (>= 2)
         negative: [text, ...]         # matched texts: same topics and form, without it (>= 2)
         completions: [text, ...]      # optional: continuations whose log-prob the causal signal
-                                      # measures (default: the first words of the positives)
+                                      # measures (default: the first words of the positives);
+                                      # on a chat model, the start of the assistant's answer to
+                                      # the prompt as a user message (leading space stripped)
 
 Loading is strict: a missing or empty field, a field of the wrong type, an unknown key or a
 duplicate concept name (or duplicate YAML key) raises :class:`WatchlistError` naming the concept
@@ -66,7 +68,9 @@ class Concept:
     negative: tuple[str, ...]
     """matched texts on the same topics and in the same form, without the concept."""
     completions: tuple[str, ...] = ()
-    """continuations the causal signal scores (derived from ``positive`` when not given)."""
+    """continuations the causal signal scores (derived from ``positive`` when not given); in the
+    chat framing (:mod:`~autointerp.flagging.signals`) each, stripped of its leading space, is the
+    start of the assistant's answer."""
 
     @property
     def concept_text(self) -> str:
