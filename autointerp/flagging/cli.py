@@ -16,8 +16,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=int, default=8, help="latents per concept that get the causal signal "
                    "(default 8)")
     p.add_argument("--null-features", type=int, default=8, help="random live latents of the causal null (default 8)")
-    p.add_argument("--alpha", type=float, default=4.0, help="steering amount in units of the feature's max "
-                   "activation (default 4)")
+    p.add_argument("--alpha", type=float, default=1.0, help="steering amount in units of the feature's max "
+                   "activation (default 1)")
     p.add_argument("--permutations", type=int, default=500, help="label shufflings of the AUROC null (default 500)")
     p.add_argument("--chat", default="auto", choices=["auto", "on", "off"],
                    help="causal probes as chat turns (the prompt a user message, the completion the start of "

@@ -394,7 +394,7 @@ class CausalProbe:
     ``chat``: the chat framing of the module docstring (default plain; see :func:`resolve_chat`)."""
 
     def __init__(self, model, dictionary, edit_hookpoint: str, neutral: Sequence[str], positive: Sequence[str],
-                 completions: Sequence[str], bos: bool, skip_first: int, alpha: float = 4.0,
+                 completions: Sequence[str], bos: bool, skip_first: int, alpha: float = 1.0,
                  device: str = "cpu", same_input: bool = True, chat: bool = False) -> None:
         self.model, self.dictionary, self.hookpoint = model, dictionary, edit_hookpoint
         self.neutral, self.positive, self.completions = list(neutral), list(positive), list(completions)
