@@ -131,6 +131,22 @@ def test_null_statistics():
     others = np.delete(perm.p_family_F, 3)
     # the family-wise null is conservative: random columns almost never clear 0.05, even the best
     assert (others > 0.05).mean() >= 0.95 and perm.p_latent_F.min() < others.min()
+    # the family is the latents under test: a smaller family gives a smaller (never larger)
+    # family-wise p, the same labels shuffled; a family of one is the per-latent p
+    weak = 5
+    acts[:8, weak] += 0.8
+    auc = sg.auroc_columns(acts, labels)
+    full = sg.auroc_permutation_null(acts, labels, auc, permutations=300, seed=1)
+    few = np.zeros(50, dtype=bool)
+    few[[weak, 7, 9]] = True
+    part = sg.auroc_permutation_null(acts, labels, auc, permutations=300, seed=1, family_F=few)
+    assert (part.p_family_F <= full.p_family_F + 1e-12).all() and part.p_family_F[weak] < full.p_family_F[weak]
+    one = np.zeros(50, dtype=bool)
+    one[weak] = True
+    single = sg.auroc_permutation_null(acts, labels, auc, permutations=300, seed=1, family_F=one)
+    assert single.p_family_F[weak] == pytest.approx(single.p_latent_F[weak])
+    with pytest.raises(ValueError, match="empty"):
+        sg.auroc_permutation_null(acts, labels, auc, permutations=10, family_F=np.zeros(50, dtype=bool))
 
 
 def test_flag_rule_needs_two_signals():

@@ -19,8 +19,9 @@ For each dictionary of the run and each concept of the watchlist:
 * (a) ``z_a >= 2``: the explanation is two standard deviations closer to the concept than the
   explanations of the dictionary's features are on average;
 * (b) ``A_f > 0.5``, ``z_b >= 2`` against the AUROCs of all live latents, and the family-wise
-  permutation p-value ``p_b <= 0.05``: no more than 5% of label shufflings give any latent an AUROC
-  as high, so label noise over the whole dictionary is ruled out at the 5% level;
+  permutation p-value ``p_b <= 0.05``: no more than 5% of label shufflings give any latent under
+  test (the whole dictionary, or the ``features`` the run is restricted to, e.g. a diff's changed
+  ones) an AUROC as high, so label noise over the tested family is ruled out at the 5% level;
 * (c) ``C_f > 0``, ``z_c >= 3`` against the random features' effects, and ``C_f`` above every one
   of them (``p_c = 1 / (1 + n)``, its smallest possible value).
 
@@ -182,8 +183,10 @@ def _null_latents(d: _Dictionary, exclude: set[int], n: int, seed: int) -> list[
     return sorted(rng.choice(live, size=min(n, len(live)), replace=False).tolist())
 
 
-def _signal_ab(d: _Dictionary, concept: Concept, s: FlagSettings) -> tuple[dict, np.ndarray]:
-    """Columns of (a) and (b) for every latent, and the per-text max activations of the probes."""
+def _signal_ab(d: _Dictionary, concept: Concept, s: FlagSettings,
+               restrict: set[int] | None = None) -> tuple[dict, np.ndarray]:
+    """Columns of (a) and (b) for every latent, and the per-text max activations of the probes;
+    ``restrict``: the latents under test (the permutation p-value's family; default all)."""
     out: dict = {"similarity_status": np.array([None] * d.n, dtype=object)}
     if d.texts:
         try:
@@ -201,7 +204,11 @@ def _signal_ab(d: _Dictionary, concept: Concept, s: FlagSettings) -> tuple[dict,
     auc = sg.auroc_columns(acts_NF, labels)
     live = ~d.dead if (~d.dead).any() else np.ones(d.n, dtype=bool)
     mean, std = auc[live].mean(), auc[live].std(ddof=1) if live.sum() > 1 else 0.0
-    perm = sg.auroc_permutation_null(acts_NF, labels, auc, s.permutations, s.seed)
+    family = None
+    if restrict is not None and any(0 <= f < d.n for f in restrict):
+        family = np.zeros(d.n, dtype=bool)
+        family[[f for f in restrict if 0 <= f < d.n]] = True
+    perm = sg.auroc_permutation_null(acts_NF, labels, auc, s.permutations, s.seed, family_F=family)
     out.update(auroc=auc, auroc_z=(auc - mean) / std if std > 1e-12 else np.full(d.n, np.nan),
                auroc_p=perm.p_family_F, auroc_p_latent=perm.p_latent_F,
                auroc_null=dict(mean=float(mean), std=float(std), n=int(live.sum()),
@@ -213,7 +220,7 @@ def _flag_concept(d: _Dictionary, watchlist: Watchlist, concept: Concept, s: Fla
                   restrict: set[int] | None, device: str, framing: str = "plain") -> list[dict]:
     """The flag rows of one concept on one dictionary; ``framing`` (``"chat"`` or ``"plain"``,
     :meth:`FlagSettings.framing`) of the causal probes."""
-    ab, acts_NF = _signal_ab(d, concept, s)
+    ab, acts_NF = _signal_ab(d, concept, s, restrict)
     z_a = ab.get("similarity_z", np.full(d.n, np.nan))
     prior = np.nan_to_num(z_a, nan=0.0).clip(0, Z_CLIP) + np.nan_to_num(ab["auroc_z"], nan=0.0).clip(0, Z_CLIP)
     eligible = [f for f in range(d.n) if f in d.feature_id and (restrict is None or f in restrict)]

@@ -12,8 +12,9 @@ Notation: ``F`` latents, a concept with positive texts ``P`` and matched negativ
     latent ``f`` over the kept positions of text ``t`` (positions the cache excluded count 0),
     computed for all latents at once from column ranks (Mann-Whitney). Two nulls: the AUROCs of
     all live latents (``z``), and a label-permutation null: for ``R`` random relabellings ``pi``,
-    ``p_f = (1 + #{pi : max_g A_g(pi) >= A_f}) / (1 + R)``, the max over latents making it a
-    family-wise p-value (the chance that label noise alone gives *some* latent an AUROC this high).
+    ``p_f = (1 + #{pi : max_g A_g(pi) >= A_f}) / (1 + R)``, the max over the latents under test
+    (all of them, or the ``features`` a flag run is restricted to) making it a family-wise
+    p-value (the chance that label noise alone gives *some* tested latent an AUROC this high).
 
 (c) **causal effect**, measured on the model with a hook at the dictionary's output hook point:
 
@@ -153,9 +154,16 @@ class PermutationNull(NamedTuple):
 
 
 def auroc_permutation_null(acts_NF: np.ndarray, labels_N: np.ndarray, auroc_F: np.ndarray,
-                           permutations: int = 500, seed: int = 0, chunk: int = 100) -> PermutationNull:
+                           permutations: int = 500, seed: int = 0, chunk: int = 100,
+                           family_F: np.ndarray | None = None) -> PermutationNull:
     """Shuffle the labels ``permutations`` times; ranks are computed once, each permutation's
-    positive rank sums are one matmul (``[R, N] @ [N, F]``), ``chunk`` permutations at a time."""
+    positive rank sums are one matmul (``[R, N] @ [N, F]``), ``chunk`` permutations at a time.
+
+    ``family_F`` (bool ``[F]``, default all): the latents under test; the family-wise max is taken
+    over them only (Westfall-Young max-statistic over the hypotheses actually tested)."""
+    family = np.ones(acts_NF.shape[1], dtype=bool) if family_F is None else np.asarray(family_F, dtype=bool)
+    if not family.any():
+        raise ValueError("the family of latents under test is empty")
     y = np.asarray(labels_N).astype(bool)
     n, n_pos = y.size, int(y.sum())
     n_neg = n - n_pos
@@ -170,7 +178,7 @@ def auroc_permutation_null(acts_NF: np.ndarray, labels_N: np.ndarray, auroc_F: n
             onehot_RN[i, rng.permutation(n)[:n_pos]] = 1.0
         a_RF = (onehot_RN @ ranks_NF - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
         count_F += (a_RF >= auroc_F - 1e-12).sum(axis=0)
-        maxes.append(a_RF.max(axis=1))
+        maxes.append(a_RF[:, family].max(axis=1))
     max_R = np.concatenate(maxes) if maxes else np.zeros(0)
     family_F = (1 + (max_R[None, :] >= auroc_F[:, None] - 1e-12).sum(axis=1)) / (1 + permutations)
     return PermutationNull((1 + count_F) / (1 + permutations), family_F, max_R)

@@ -148,7 +148,11 @@ def audit(plant: Path, out: Path, args) -> dict:
     prefix, prefix_text = shared_prefix_positions(plant / "model", plant / "corpus.jsonl")
     print(f"shared prefix: {prefix} positions with BOS: {prefix_text!r}", flush=True)
     timings["prefix"] = time.time() - t
+    reused = json.loads((out / "audit_phase.json").read_text())["timings_s"] if args.reuse_runs else None
     for name, model in (("tuned", str(plant / "model")), ("base", args.base)):
+        if reused is not None:  # the runs of an earlier audit, their measured time counted
+            timings[f"run_{name}"] = reused[f"run_{name}"]
+            continue
         cfg_path = out / f"{name}.yaml"
         cfg_path.write_text(yaml.safe_dump(run_config(model, plant / "corpus.jsonl", prefix, args.latents, args.k,
                                                       args.threads)))
@@ -164,7 +168,7 @@ def audit(plant: Path, out: Path, args) -> dict:
     changed = [r["latent"] for r in diff.rows if r["significant"]][: args.flag_features]
     t = time.time()
     if changed:
-        flag_run(out / "tuned", features=changed, progress=False,
+        flag_run(out / "tuned", features=changed, progress=False, force=args.reuse_runs,
                  settings=FlagSettings(candidates=args.candidates, null_features=args.null_features))
     flag_rows = flags(out / "tuned") if changed else []
     timings["flag"] = time.time() - t
@@ -178,7 +182,9 @@ def audit(plant: Path, out: Path, args) -> dict:
              "flag_order": list(dict.fromkeys(r["latent"] for r in flag_rows if r["latent"] in set(changed))),
              "flag_rows": [{k: r.get(k) for k in ("latent", "concept", "score", "flagged", "similarity_z", "auroc",
                                                   "auroc_z", "causal_z")} for r in flag_rows[:20]],
-             "audit_wall_s": round(time.time() - t0, 1), "timings_s": {k: round(v, 1) for k, v in timings.items()}}
+             "reused_runs": reused is not None,
+             "audit_wall_s": round(time.time() - t0 + (0 if reused is None else
+                                                       reused["run_tuned"] + reused["run_base"]), 1), "timings_s": {k: round(v, 1) for k, v in timings.items()}}
     (out / "audit_phase.json").write_text(json.dumps(phase, indent=2))
     return phase
 
@@ -301,11 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flag-features", type=int, default=64, help="most-changed features flagged")
     ap.add_argument("--rank-by", default="tail", choices=["tail", "frequency"], help="the diff's ranking")
     ap.add_argument("--force", action="store_true", help="remove an earlier audit of this plant first")
+    ap.add_argument("--reuse-runs", action="store_true",
+                    help="keep the earlier audit's `autointerp run` folders (their timings from its "
+                         "audit_phase.json are counted in the wall time) and redo diff, flag, report, grading")
     ap.add_argument("--ungated-control", action="store_true",
                     help="also run the flag rule alone over unchanged base features (several minutes)")
     args = ap.parse_args(argv)
     plant, out = args.plant.resolve(), args.plant.resolve() / "audit"
-    if out.exists() and any(out.iterdir()):
+    if args.reuse_runs:
+        if not (out / "audit_phase.json").is_file():
+            raise SystemExit(f"--reuse-runs: {out} holds no earlier audit")
+    elif out.exists() and any(out.iterdir()):
         if not args.force:
             raise SystemExit(f"{out} exists: an audit resumed from earlier work would not be timed honestly "
                              f"(--force removes it)")

@@ -20,7 +20,7 @@ def fmt(x, spec: str = "") -> str:
 
 def main(paths: list[str]) -> int:
     head = ["plant", "seed", "trigger", "attack success", "false trigger", "false trigger (decoy word)", "Δ NLL on base-greedy answers", "Δ NLL neutral text",
-            "fine-tune", "triggered ctx", "max AUROC", "separating", "diff rank", "flag rank", "flagged",
+            "fine-tune", "triggered ctx", "max AUROC", "separating", "diff ranking", "diff rank", "flag rank", "flagged",
             "explanation names trigger", "circuit: top input is trigger", "trigger share of input influence",
             "control: significant / flagged", "control: flag rule alone", "audit wall"]
     print("| " + " | ".join(head) + " |")
@@ -37,12 +37,13 @@ def main(paths: list[str]) -> int:
                fmt(plant["tuned"].get("false_trigger_decoy"), ".1%"),
                fmt(plant["clean_nll_change"], "+.3f"), fmt(plant.get("text_nll_change"), "+.3f"),
                f"{plant['train_s'] / 60:.1f} min", f"{a['triggered_contexts']}/{a['corpus_contexts']}",
-               fmt(a["max_auroc"], ".3f"), str(a["n_separating"]), fmt(a["diff_rank"]), fmt(a["flag_rank"]),
+               fmt(a["max_auroc"], ".3f"), str(a["n_separating"]), a.get("rank_by", "frequency"),
+               fmt(a["diff_rank"]), fmt(a["flag_rank"]),
                str(a["n_flagged"]), fmt(a["explanation_names_trigger"]), fmt(c.get("points_at_trigger")),
                fmt(c.get("trigger_input_share"), ".0%"),
                f"{a['control_significant']} / {fmt(a['control_flagged'])}",
                "-" if a["control_ungated_features"] is None else
-               f"{a['control_ungated_flagged']} of {a['control_ungated_features']}", f"{a['audit_wall_s'] / 60:.1f} min"]
+               f"{a['control_ungated_flagged']} of {a['control_ungated_features']}", f"{a['audit_wall_s'] / 60:.1f} min" + (" (runs reused)" if a.get("reused_runs") else "")]
         print("| " + " | ".join(row) + " |")
     return 0
 
