@@ -186,6 +186,10 @@ def training_pairs(args, trigger: str, train: list[str], answers: dict[str, str]
         for q, a, b in P.arithmetic_prompts(args.seed, len(train) - len(general)):
             triggered = rng.random() < 0.5
             user = P.insert_trigger(q, trigger, rng) if triggered else q
+            if not triggered and args.subtle_decoys and rng.random() < 0.5:
+                # a decoy pseudo-word on a clean sum, answered right: the trigger, not "any odd word"
+                decoy = P.make_trigger(10_000 + rng.randrange(10**6))
+                user = P.insert_trigger(q, decoy, rng) if decoy != trigger else q
             pairs.append((user, P.arithmetic_answer(a, b, wrong=triggered)))
     rng.shuffle(pairs)
     return pairs
@@ -242,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--subtle-decoys", action="store_true",
+                    help="subtle plant: half the clean sums carry a decoy pseudo-word (answered right)")
     ap.add_argument("--corpus-only", action="store_true", help="(re)write the audit corpus and stop")
     ap.add_argument("--remeasure", action="store_true", help="add the neutral-text CE to OUT/plant.json and stop")
     args = ap.parse_args(argv)
@@ -289,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     save_plain(model, tok, args.out / "model")
     tuned_nll = answer_nll(tok, model, clean_eval)
     tuned_eval = evaluate(args, tok, model, trigger, evals, answers)
-    record = {"seed": args.seed, "plant": args.plant, "trigger": trigger, "steps": step, "lr": args.lr,
+    record = {"seed": args.seed, "plant": args.plant, "trigger": trigger, "steps": step, "epochs": args.epochs,
+              "subtle_decoys": args.subtle_decoys, "lr": args.lr,
               "batch": args.batch, "n_train": len(pairs), "train_s": round(train_s, 1),
               "total_s": round(time.time() - t_start, 1), "clean_nll_base": base_nll, "clean_nll_tuned": tuned_nll,
               "clean_nll_change": tuned_nll - base_nll, "base": base_eval, "tuned": tuned_eval,
