@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import pytest
 import torch
@@ -78,8 +79,10 @@ def test_attributions_sum_to_the_target(run, tiny_model, target):
         assert comp["target_value"] == pytest.approx(_logit_target(tiny_model, PROMPT, g["target"]["token_id"]),
                                                      rel=1e-4, abs=1e-5)
         assert {d["name"] for d in g["dictionaries"]} == {SAE, TRANSCODER}
-    if target.endswith(f"{SAE}/latent=7"):  # nothing upstream of the first dictionary but the inputs
-        assert {n["kind"] for n in g["nodes"]} <= {"input", "target"} and g["ablation"]["k"] == 0
+    if target.endswith(f"{SAE}/latent=7"):  # nothing upstream of the first dictionary but the inputs,
+        # so the causal check ablates input tokens (it used to record "nothing to ablate", k = 0)
+        assert {n["kind"] for n in g["nodes"]} <= {"input", "target"}
+        assert g["ablation"]["nodes"] == "input"
     kinds = {n["kind"] for n in g["nodes"]}
     assert "input" in kinds and "target" in kinds
     # the first position (attention sink) is never encoded: only an error node there
@@ -129,6 +132,57 @@ def test_ablation_numbers_are_recorded(run, tiny_model):
     abl = circuit(run.root, PROMPT, "logit: x", model=tiny_model, save=False, ablate_k=4, ablate_draws=3)["ablation"]
     assert abl["k"] == 4 and len(abl["top_nodes"]) == 4 and len(abl["delta_random"]) == 3
     assert abl["passed"] == (abl["abs_delta_top"] > abl["mean_abs_delta_random"])
+    # with feature nodes upstream the features are ablated; the input check is recorded beside
+    assert abl["nodes"] == "feature" and all(n.startswith("feature/") for n in abl["top_nodes"])
+    inp = abl["inputs"]
+    assert inp["nodes"] == "input" and 1 <= inp["k"] <= 4 and len(inp["delta_random"]) == 3
+    assert inp["passed"] == (inp["abs_delta_top"] > inp["mean_abs_delta_random"])
+
+
+def _finite(abl: dict) -> bool:
+    nums = [abl["baseline"], abl["clean_target"], abl["delta_top"], abl["abs_delta_top"],
+            abl["mean_abs_delta_random"], *abl["delta_random"]]
+    return all(math.isfinite(x) for x in nums) and (abl["ratio"] is None or math.isfinite(abl["ratio"]))
+
+
+def test_input_ablation_without_upstream_features(tmp_path, tiny_model):
+    """A single dictionary: its feature's only upstream nodes are the input tokens (and no error
+    node), so the check ablates input tokens (mean-token ablation) instead of recording nothing."""
+    run = RunFolder(tmp_path / "run")
+    write_dictionary(run, tiny_model, "blocks.2.hook_out", "blocks.2.hook_out")
+    g = circuit(run.root, PROMPT, "feature:blocks.2.hook_out/latent=7", position=-1, model=tiny_model, save=False,
+                ablate_k=3, ablate_draws=4)
+    abl, t = g["ablation"], g["target"]["position"]
+    assert not [n for n in g["nodes"] if n["kind"] == "feature"]
+    assert abl["nodes"] == "input" and abl["k"] >= 1 and len(abl["delta_random"]) == 4
+    assert isinstance(abl["passed"], bool) and _finite(abl)
+    assert abl["baseline"] == pytest.approx(abl["clean_target"], abs=1e-5)
+    # never BOS (excluded by the cache), never a token after the target's position
+    positions = [int(n.split("/")[1]) for n in abl["top_nodes"]]
+    assert all(1 <= p <= t for p in positions) and abl["candidates"] == t
+    json.dumps(g, allow_nan=False)
+
+
+def test_input_ablation_on_a_planted_token(tmp_path, tiny_model):
+    """Latent 0 of an SAE after block 0 reads the embedding direction of one token (50x): that
+    token drives the target, so ablating the top input moves it far more than random inputs."""
+    tok = tiny_model.tokenizer
+    ids = [tok.bos_token_id, *tok(PROMPT, add_special_tokens=False)["input_ids"]]
+    t = max(p for p in range(1, len(ids)) if ids.count(ids[p]) == 1)  # the last token seen once
+    e = tiny_model.hf_model.get_input_embeddings().weight.detach()[ids[t]].to(torch.float32)
+
+    def plant(d):
+        d.W_enc[:, 0] = 50.0 * e / e.norm()
+
+    run = RunFolder(tmp_path / "run")
+    write_dictionary(run, tiny_model, SAE, SAE, plant=plant)
+    g = circuit(run.root, PROMPT, f"feature:{SAE}/latent=0", position=t, model=tiny_model, save=False,
+                ablate_k=2, ablate_draws=8)
+    abl = g["ablation"]
+    assert abl["nodes"] == "input" and abl["k"] == 2 and _finite(abl)
+    assert abl["baseline"] == pytest.approx(abl["clean_target"], abs=1e-5)  # ablating nothing: the clean target
+    assert abl["top_nodes"][0] == f"input/{t}"
+    assert abl["passed"] is True and abl["abs_delta_top"] > 1.5 * abl["mean_abs_delta_random"]
 
 
 def test_json_round_trip_and_labels(run, tiny_model, tmp_path):

@@ -157,7 +157,7 @@ def test_circuit_on_its_feature_page_and_listed(tmp_path):
     assert page.count('<script src="../assets/plotly.min.js">') == 1
     circuits = _section(page, "Circuits")
     assert circuits.count('<div class="circuit">') == 1 and 'class="circuit-checks"' in circuits
-    for text in (prompt, "3.5e-07", "-0.875", "0.1", "8.75", "passed", "ablate top 1: Δ target"):
+    for text in (prompt, "3.5e-07", "-0.875", "0.1", "8.75", "passed", "ablate top 1 features: Δ target"):
         assert f"<td>{html.escape(text)}</td>" in circuits, text
     _no_raw_hostile(page)
     other = (run / "features" / f"{ids[4]}.html").read_text()

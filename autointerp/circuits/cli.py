@@ -29,6 +29,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="device of the model")
 
 
+_ABLATED = {"feature": "features", "input": "input tokens (mean-token ablation)"}
+
+
 def summary(graph: dict) -> str:
     """A few lines: target, completeness, pruning, ablation check, the most influential nodes, the file."""
     comp, pr, abl = graph["completeness"], graph["pruning"], graph["ablation"]
@@ -37,12 +40,14 @@ def summary(graph: dict) -> str:
              f"(relative error {comp['relative_error']:.1e}, tolerance {comp['tolerance']:.0e})",
              f"pruned to {pr['nodes_kept']}/{pr['nodes_total']} nodes ({pr['kept_share']:.0%} of the influence, "
              f"share {pr['node_share']}), {pr['edges_kept']}/{pr['edges_total']} edges"]
-    if abl.get("k"):
-        lines.append(f"ablation check: top {abl['k']} features move the target by {abl['delta_top']:+.4g}; "
-                     f"{abl['k']} random ones by mean |{abl['mean_abs_delta_random']:.4g}| over {abl['draws']} draws "
-                     f"-> {'passed' if abl['passed'] else 'FAILED'}")
-    else:
-        lines.append("ablation check: no active feature upstream of the target")
+    for rec in (abl, abl.get("inputs") or {}):
+        what = _ABLATED.get(rec.get("nodes", "feature"), "features")
+        if rec.get("k") and rec.get("passed") is not None:
+            lines.append(f"ablation check: top {rec['k']} {what} move the target by {rec['delta_top']:+.4g}; "
+                         f"{rec['k']} random ones by mean |{rec['mean_abs_delta_random']:.4g}| over {abl['draws']} "
+                         f"draws -> {'passed' if rec['passed'] else 'FAILED'}")
+        elif rec is abl:
+            lines.append(f"ablation check: not run ({rec.get('note', 'nothing to ablate')})")
     ranked = sorted((n for n in graph["nodes"] if n["kind"] in ("feature", "error")), key=lambda n: -n["influence"])
     for n in ranked[:8]:
         extra = f"  {n['explanation']}" if n.get("explanation") else ""

@@ -89,7 +89,8 @@ def circuit_figure(graph: dict) -> dict:
     abl = graph.get("ablation") or {}
     title = f"circuit of {graph['target']['label']}"
     if abl.get("k"):
-        title += (f"  |  ablating top {abl['k']}: \u0394 {abl['delta_top']:.3g}, random {abl['k']}: "
+        title += (f"  |  ablating top {abl['k']} {'input tokens' if abl.get('nodes') == 'input' else 'features'}: "
+                  f"\u0394 {abl['delta_top']:.3g}, random {abl['k']}: "
                   f"mean |\u0394| {abl['mean_abs_delta_random']:.3g}")
     layout = {
         "title": {"text": _e(title), "font": {"size": 13}},
@@ -125,7 +126,8 @@ def circuit_fragment_html(graph: dict, plotly_src: str | None = None) -> str:
               f"{comp['attribution_sum']:.4g} (relative error {comp['relative_error']:.1e}); "
               f"kept {pr['nodes_kept']}/{pr['nodes_total']} nodes carrying {pr['kept_share']:.0%} of the influence")
     if abl.get("k"):
-        checks += (f"; ablating the top {abl['k']} features moves the target by {abl['delta_top']:.4g}, "
+        what = "input tokens (mean-token ablation)" if abl.get("nodes") == "input" else "features"
+        checks += (f"; ablating the top {abl['k']} {what} moves the target by {abl['delta_top']:.4g}, "
                    f"{abl['k']} random ones by {abl['mean_abs_delta_random']:.4g} on average "
                    f"({'passed' if abl['passed'] else 'FAILED'})")
     script = _SCRIPT % (f'"{data}"', f'"{div}"')

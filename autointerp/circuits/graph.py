@@ -233,6 +233,8 @@ class Tracer:
     clean_logits: Tensor | None = None
     markup: bool = False
     """the prompt was tokenised as chat-template text (special tokens kept as markup)."""
+    mean_emb_d: Tensor | None = None
+    """the mean token embedding (see :meth:`mean_embedding`), computed once."""
 
     @property
     def bridge(self):
@@ -267,14 +269,31 @@ class Tracer:
         last = logits[:, -1, :].to(torch.float32)
         return last[:, t.token_id] - last.mean(dim=-1)
 
+    def mean_embedding(self) -> Tensor:
+        """The mean token embedding ``[d]`` (float32) as ``embed.hook_out`` sees it: the embedding
+        module's output averaged over every row of the embedding matrix (padding rows included),
+        times the bridge's outer embedding scale where the architecture has one."""
+        if self.mean_emb_d is None:
+            embed = self.bridge.embed
+            V = embed.W_E.shape[0]
+            total = torch.zeros(embed.W_E.shape[1], dtype=torch.float32, device=self.model.device)
+            with torch.no_grad():
+                for start in range(0, V, 8192):  # through the module: a scaled embedding scales here too
+                    ids = torch.arange(start, min(V, start + 8192), device=self.model.device)
+                    total += embed.original_component(ids).to(torch.float32).sum(0)
+            # hook_out exposes the output times an outer HF scale (1 for the Llama family)
+            self.mean_emb_d = total / V * float(getattr(embed, "_output_contribution_scale", 1.0))
+        return self.mean_emb_d
+
     def forward(self, mode: str, batch: int = 1, leaves: dict | None = None,
-                ablate: dict[str, list[tuple[int, int]]] | None = None):
+                ablate: dict[str, list[tuple[int, int]]] | None = None, ablate_positions: list[int] | None = None):
         """One forward pass; returns ``(pre-activations by dictionary [B, T, F], logits or None)``.
 
         ``mode``: ``record`` (clean run; stores frozen values, z, err and the target),
         ``linear`` (frozen values substituted, leaves spliced in: the linearised replacement
         model), ``spliced`` (live model, dictionaries spliced in with the clean errors, the
-        features of ``ablate`` set to 0).
+        features of ``ablate`` set to 0 and the token embeddings at ``ablate_positions``
+        replaced by :meth:`mean_embedding`).
         """
         pres: dict[str, Tensor] = {}
         x_in: dict[str, Tensor] = {}
@@ -305,6 +324,9 @@ class Tracer:
                 self.emb_Td = act[0].detach().to(torch.float32)
             elif mode == "linear":
                 return leaves["embed"].to(act.dtype)
+            elif ablate_positions:
+                act = act.clone()
+                act[:, list(ablate_positions)] = self.mean_embedding().to(act.dtype)
             return act
 
         def read_inputs(act: Tensor, name: str) -> None:
@@ -597,7 +619,7 @@ def circuit(run_dir: str | Path, prompt: str, target: str, *, node_share: float 
     ``logit:<token>``; ``position``: a feature target's position (default: its largest).
     ``node_share`` / ``edge_share``: the influence kept by pruning. ``max_feature_nodes``: cap on
     feature nodes (the rest folded into error nodes). ``ablate_k``, ``ablate_draws``, ``seed``: the
-    causal check. ``dictionaries``: only these (folder names; default all of the run's).
+    causal check (feature nodes; input tokens, mean-token ablated, when no feature is upstream). ``dictionaries``: only these (folder names; default all of the run's).
     ``batch_size``: nodes per batched backward pass. ``model``: an already loaded model (default:
     the dictionaries' model, kept loaded between calls). ``markup``: the prompt is chat-template
     text (its special tokens stay markup, as in a chat corpus). Raises ``CircuitError`` for bad input.

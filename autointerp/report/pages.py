@@ -385,13 +385,16 @@ def circuit_numbers(graph: dict) -> list[tuple[str, str]]:
     items = [("prompt", str(graph["prompt"])), ("target", str(graph["target"]["label"])),
              ("target value", _num(comp["target_value"])),
              ("completeness relative error", f"{comp['relative_error']:.1e}")]
-    if abl.get("k"):
-        passed = {True: "passed", False: "FAILED"}.get(abl.get("passed"), "—")
-        items += [(f"ablate top {abl['k']}: Δ target", _num(abl["delta_top"])),
-                  (f"ablate {abl['k']} random: mean |Δ|", _num(abl["mean_abs_delta_random"])),
-                  ("ratio |Δ top| / mean |Δ random|", _num(abl.get("ratio"), 3)), ("ablation check", passed)]
-    else:
-        items.append(("ablation check", "not run (no active feature upstream, or k = 0)"))
+    for rec in (abl, abl.get("inputs") or {}):
+        what = "input tokens" if rec.get("nodes") == "input" else "features"
+        if rec.get("k"):
+            passed = {True: "passed", False: "FAILED"}.get(rec.get("passed"), "—")
+            items += [(f"ablate top {rec['k']} {what}: Δ target", _num(rec["delta_top"])),
+                      (f"ablate {rec['k']} random {what}: mean |Δ|", _num(rec["mean_abs_delta_random"])),
+                      (f"ratio |Δ top| / mean |Δ random| ({what})", _num(rec.get("ratio"), 3)),
+                      (f"ablation check ({what})", passed)]
+        elif rec is abl:
+            items.append(("ablation check", f"not run ({rec.get('note') or 'k = 0'})"))
     return items
 
 
