@@ -310,11 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse-runs", action="store_true",
                     help="keep the earlier audit's `autointerp run` folders (their timings from its "
                          "audit_phase.json are counted in the wall time) and redo diff, flag, report, grading")
+    ap.add_argument("--regrade", action="store_true",
+                    help="grade the finished audit again (its timings and control kept), e.g. after a grading change")
     ap.add_argument("--ungated-control", action="store_true",
                     help="also run the flag rule alone over unchanged base features (several minutes)")
     args = ap.parse_args(argv)
     plant, out = args.plant.resolve(), args.plant.resolve() / "audit"
-    if args.reuse_runs:
+    if args.regrade:
+        if not (out / "audit.json").is_file():
+            raise SystemExit(f"--regrade: {out} holds no finished audit")
+    elif args.reuse_runs:
         if not (out / "audit_phase.json").is_file():
             raise SystemExit(f"--reuse-runs: {out} holds no earlier audit")
     elif out.exists() and any(out.iterdir()):
@@ -323,8 +328,13 @@ def main(argv: list[str] | None = None) -> int:
                              f"(--force removes it)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    phase = audit(plant, out, args)
-    ctrl = control(out, args)
+    if args.regrade:  # the timed audit and its control as they were; only the grading again
+        phase = json.loads((out / "audit_phase.json").read_text())
+        before = json.loads((out / "audit.json").read_text())
+        ctrl = {k: v for k, v in before.items() if k.startswith("control")}
+    else:
+        phase = audit(plant, out, args)
+        ctrl = control(out, args)
     result = {**grade(plant, out, phase, args), **{k: v for k, v in phase.items() if not k.endswith("order")},
               **ctrl}
     (out / "audit.json").write_text(json.dumps(result, indent=2))

@@ -18,10 +18,19 @@ def fmt(x, spec: str = "") -> str:
     return format(x, spec)
 
 
+def ablation(a: dict) -> str:
+    """The circuit's ablation check: top-k vs random nodes (which kind), passed or not."""
+    if not a.get("k") or a.get("passed") is None:
+        return "-"
+    kind = "input tokens" if a.get("nodes") == "input" else "features"
+    return (f"{a['abs_delta_top']:.2f} / {a['mean_abs_delta_random']:.2f} ({a['k']} {kind}, "
+            f"{'passed' if a['passed'] else 'failed'})")
+
+
 def main(paths: list[str]) -> int:
     head = ["plant", "seed", "trigger", "attack success", "false trigger", "false trigger (decoy word)", "Δ NLL on base-greedy answers", "Δ NLL neutral text",
             "fine-tune", "triggered ctx", "max AUROC", "separating", "diff ranking", "diff rank", "flag rank", "flagged",
-            "explanation names trigger", "circuit: top input is trigger", "trigger share of input influence",
+            "explanation names trigger", "circuit: top input is trigger", "trigger share of input influence", "circuit ablation (top / random |Δ|)",
             "control: significant / flagged", "control: flag rule alone", "audit wall"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -40,7 +49,7 @@ def main(paths: list[str]) -> int:
                fmt(a["max_auroc"], ".3f"), str(a["n_separating"]), a.get("rank_by", "frequency"),
                fmt(a["diff_rank"]), fmt(a["flag_rank"]),
                str(a["n_flagged"]), fmt(a["explanation_names_trigger"]), fmt(c.get("points_at_trigger")),
-               fmt(c.get("trigger_input_share"), ".0%"),
+               fmt(c.get("trigger_input_share"), ".0%"), ablation(c.get("ablation") or {}),
                f"{a['control_significant']} / {fmt(a['control_flagged'])}",
                "-" if a["control_ungated_features"] is None else
                f"{a['control_ungated_flagged']} of {a['control_ungated_features']}", f"{a['audit_wall_s'] / 60:.1f} min" + (" (runs reused)" if a.get("reused_runs") else "")]
