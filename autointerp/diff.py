@@ -185,6 +185,9 @@ def _base_cache(base_run: str | Path, hook: str, manifest: dict) -> tuple[Path, 
         if a != b:
             raise DiffError(f"the base run's cache differs from the fine-tuned run's in {key} ({b!r} vs {a!r}): "
                             f"the two runs must cache the same contexts the same way")
+    a, b = manifest.get("model", {}).get("dtype"), bman.get("model", {}).get("dtype")
+    if a != b:  # a precision change would be counted as a fine-tuning change
+        raise DiffError(f"the base run's model ran in {b}, the fine-tuned run's in {a}: use the same dtype")
     return folders[0], bman
 
 
