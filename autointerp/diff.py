@@ -150,10 +150,14 @@ RANKINGS = {"tail": rank_tail, "frequency": rank_frequency}
 holds ``z``, ``effect``, ``n_jump`` arrays over latents."""
 
 
-def ranking(stats: dict, z_min: float, rank_by: str = "tail") -> np.ndarray:
-    """The rank order of latents under ``rank_by`` (one of :data:`RANKINGS`)."""
+def _check_rank_by(rank_by: str) -> None:
     if rank_by not in RANKINGS:
         raise DiffError(f"unknown ranking {rank_by!r}: use one of {', '.join(RANKINGS)}")
+
+
+def ranking(stats: dict, z_min: float, rank_by: str = "tail") -> np.ndarray:
+    """The rank order of latents under ``rank_by`` (one of :data:`RANKINGS`)."""
+    _check_rank_by(rank_by)
     return RANKINGS[rank_by](stats, z_min)
 
 
@@ -172,8 +176,8 @@ def _base_cache(base_run: str | Path, hook: str, manifest: dict) -> tuple[Path, 
 
     brun = RunFolder(base_run)
     dirs = brun.dictionary_dirs()
-    folders = [Path(_provenance(d)["caches"][hook]["folder"]) for d in dirs
-               if hook in _provenance(d).get("caches", {})]
+    caches = [_provenance(d).get("caches", {}) for d in dirs]
+    folders = [Path(c[hook]["folder"]) for c in caches if hook in c]
     if not folders:
         raise DiffError(f"{brun.root} has no dictionary trained on a cache of {hook}: run `autointerp run` on "
                         f"the base model with the same corpus and hook point, or leave out base_run")
@@ -213,8 +217,7 @@ def diff_run(run_dir: str | Path, base: str | None = None, *, dictionary: str | 
         raise DiffError(f"{ddir.name} is a transcoder ({hook} -> {prov['target_hookpoint']}); diff applies "
                         f"sparse autoencoders (input = target)")
     tuned_spec = prov["model"]["spec"]
-    if rank_by not in RANKINGS:
-        raise DiffError(f"unknown ranking {rank_by!r}: use one of {', '.join(RANKINGS)}")
+    _check_rank_by(rank_by)  # before the expensive pass
     folder = Path(prov["caches"][hook]["folder"])
     manifest = read_manifest(folder)
     base_folder_cache, base_manifest = None, None
