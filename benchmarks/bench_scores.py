@@ -114,11 +114,26 @@ def table(db: FeatureDB, dictionary: str) -> list[dict]:
                 "n_paired": len(paired),
                 "failed": {c: dict(Counter(s["status"] for s in d.values() if s["status"] != "ok"))
                            for c, d in (("none", none), ("random_explanation", rand))},
+                "auroc": _auroc_columns(none, rand, ok, paired),
                 "methods": dict(Counter((s["details"] or {}).get("method") or "-" for s in none.values())),
                 "items": sum((s["details"] or {}).get("n_items", 0) for s in none.values()),
                 "items_failed": sum((s["details"] or {}).get("n_failed", 0) for s in none.values()),
             })
     return rows
+
+
+def _auroc_columns(none: dict, rand: dict, ok: list, paired: list) -> dict | None:
+    """The yes/no scorers' AUROC of P(yes) (``details["auroc"]``), explanation vs random control."""
+    def auc(s):
+        return (s.get("details") or {}).get("auroc")
+
+    if not ok or any(auc(none[i]) is None for i in ok):
+        return None
+    both = [i for i in paired if auc(rand[i]) is not None]
+    return {"explanation": interval([auc(none[i]) for i in ok]),
+            "random_explanation": interval([auc(rand[i]) for i in both]),
+            "difference_vs_random": interval([auc(none[i]) for i in both], [auc(rand[i]) for i in both],
+                                             statistic=_diff), "n_paired": len(both)}
 
 
 def _fmt(m: dict, signed: bool = False) -> str:
@@ -145,6 +160,16 @@ def markdown(rows: list[dict]) -> str:
                    f"| {_fmt(r['explanation'])} | {_fmt(r['random_explanation'])} | {_fmt(r['baseline'])} "
                    f"| {_fmt(r['difference_vs_random'], signed=True)} | {failed} "
                    f"| {', '.join(f'{k} {v}' for k, v in r['methods'].items())} |")
+    aucs = [r for r in rows if r.get("scorer") and r.get("auroc")]
+    if aucs:
+        out += ["", "AUROC of P(yes) (yes/no scorers read with log-probabilities):", "",
+                "| explainer | scorer | n | explanation | random explanation (control) "
+                "| explanation - random (paired) |", "|---" * 6 + "|"]
+        for r in aucs:
+            a = r["auroc"]
+            out.append(f"| {r['explainer']} ({r['explainer_model']}) | {r['scorer']} ({r['scorer_model']}) "
+                       f"| {a['n_paired']} | {_fmt(a['explanation'])} | {_fmt(a['random_explanation'])} "
+                       f"| {_fmt(a['difference_vs_random'], signed=True)} |")
     return "\n".join(out)
 
 

@@ -137,6 +137,12 @@ def test_ablation_numbers_are_recorded(run, tiny_model):
     inp = abl["inputs"]
     assert inp["nodes"] == "input" and 1 <= inp["k"] <= 4 and len(inp["delta_random"]) == 3
     assert inp["passed"] == (inp["abs_delta_top"] > inp["mean_abs_delta_random"])
+    # random sets are drawn outside the top set, k nodes each, from the rest of the candidates
+    for rec in (abl, inp):
+        assert len(rec["random_nodes"]) == len(rec["delta_random"])
+        assert rec["random_pool"] == rec["candidates"] - rec["k"] >= rec["k"]
+        for chosen in rec["random_nodes"]:
+            assert len(set(chosen)) == rec["k"] and not set(chosen) & set(rec["top_nodes"])
 
 
 def _finite(abl: dict) -> bool:

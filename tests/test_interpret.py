@@ -190,3 +190,15 @@ def test_explain_then_score_on_the_real_model(real_model, tmp_path):
     with FeatureDB(db) as store:
         controls = {s["control"] for s in store.scores()}
     assert controls == {"none", "random_explanation", "baseline"}
+    # the LLM scorers on the embedded model read teacher-forced answers: a value for every item,
+    # whether or not the small model would have followed the answer format
+    for name, method in (("simulation", "forced-logprob-expectation"), ("detection", "forced-logprobs")):
+        llm_scored = score(db, d, name, client=client, tokenizer=real_model.tokenizer,
+                           explainer_name="token-enrichment", features="2", progress=False)
+        assert (llm_scored.done, llm_scored.failed) == (2, 0)
+        with FeatureDB(db) as store:
+            rows = [s for s in store.scores() if s["scorer"] == name]
+        assert {r["control"] for r in rows} == {"none", "random_explanation", "baseline"} and len(rows) == 6
+        for r in rows:  # ok, in range, and read as documented
+            assert r["status"] == "ok" and r["details"]["n_failed"] == 0 and r["details"]["method"] == method
+            assert (-1 <= r["value"] <= 1) if name == "simulation" else (0 <= r["value"] <= 1)

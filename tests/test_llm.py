@@ -321,3 +321,46 @@ def test_local_prefill_continues_the_assistant_message(local_client):
     assert prefilled == plain + "EXPLANATION:"
     assert local_client.supports_prefill and local_client.generate(
         [*SHORT, {"role": "assistant", "content": "EXPLANATION:"}], max_tokens=3).ok
+
+
+# -- teacher-forced log-probabilities ---------------------------------------------------------
+
+FORCED_SHORT = [*SHORT, {"role": "assistant", "content": "ANSWER: yes"}]
+FORCED_LONG = [*LONG, {"role": "assistant", "content": '"cat"\t7\n"dog"\tunknown\n'}]
+
+
+def test_local_forced_logprobs_equal_one_plain_forward_pass(local_client, tiny_model):
+    """Each answer token's log-probability and top alternatives equal a plain, unpadded forward
+    pass of prompt + answer (left padding and explicit positions change nothing)."""
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model.source, dtype=torch.float32).eval()
+    got = local_client.forced_logprobs([FORCED_LONG, FORCED_SHORT, FORCED_LONG], top_logprobs=4)
+    assert got[0].to_dict() == got[2].to_dict()
+    for conv, c in zip([FORCED_LONG, FORCED_SHORT], got[:2]):
+        prompt = local_client.prompt_ids(conv[:-1])
+        answer = local_client.tokenizer(conv[-1]["content"], add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp_TV = torch.log_softmax(plain(torch.tensor([prompt + answer])).logits[0].float(), -1)
+        assert c.ok and c.text == conv[-1]["content"]
+        assert "".join(t.token for t in c.logprobs) == c.text and len(c.logprobs) == len(answer)
+        for t, (tok, lp) in enumerate(zip(answer, c.logprobs)):
+            row = logp_TV[len(prompt) + t - 1]
+            assert lp.logprob == pytest.approx(float(row[tok]), abs=1e-4)
+            vals, ids = row.topk(4)
+            assert [a.token for a in lp.top] == [local_client.tokenizer.decode([i]) for i in ids.tolist()]
+            assert [a.logprob for a in lp.top] == pytest.approx(vals.tolist(), abs=1e-4)
+
+
+def test_local_forced_logprobs_cache_budget_and_bad_requests(tiny_model, tmp_path):
+    cache = ResponseCache(tmp_path / "f.sqlite")
+    client = LocalClient(tiny_model, batch_size=4, cache=cache)
+    client.forced_logit_budget = 8  # forces one row per forward pass
+    first = client.forced_logprobs([FORCED_LONG, FORCED_SHORT], top_logprobs=2)
+    again = client.forced_logprobs([FORCED_SHORT, FORCED_LONG], top_logprobs=2)
+    assert all(c.cached for c in again) and again[1].logprobs == first[0].logprobs
+    assert not client.generate(SHORT, max_tokens=2).cached  # a generation is another request
+    with pytest.raises(ValueError, match="assistant"):
+        client.forced_logprobs([SHORT], top_logprobs=2)
+    with pytest.raises(ValueError, match="top_logprobs"):
+        client.forced_logprobs([FORCED_SHORT], top_logprobs=0)

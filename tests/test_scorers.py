@@ -16,7 +16,8 @@ from autointerp.scorers import SCORERS, Score, build_scorer, score_with_controls
 from autointerp.scorers.base import neutralise
 from autointerp.scorers.detection import DETECTION_SYSTEM, parse_answer
 from autointerp.scorers.metrics import auroc, balanced_accuracy, bootstrap_ci, correlation_score
-from autointerp.scorers.simulation import parse_numbers
+from autointerp.scorers.simulation import (FORCED_SYSTEM, FORCED_USER, forced_answer, forced_expectations,
+                                           parse_numbers)
 
 FILLER = [" the", " a", " dog", " ran", " over", " hill", " blue", " sky", " of", " and", " we", " it",
           " red", " car", " tree", " sun", " rain", " book", " door", " milk"]
@@ -64,17 +65,26 @@ def make_record(n_per_kind: int = 40, length: int = 12, seed: int = 0) -> Latent
 
 
 class FakeClient(LLMClient):
-    """Answers each user prompt with ``reply(prompt) -> Completion``; records prompts."""
+    """Answers each user prompt with ``reply(prompt) -> Completion``; records prompts.
+
+    With ``forced``, it also reads given answers: ``forced(messages, top_logprobs) -> Completion``.
+    """
 
     model = "fake"
 
-    def __init__(self, reply, supports_logprobs: bool = False):
+    def __init__(self, reply, supports_logprobs: bool = False, forced=None):
         self.reply, self.supports_logprobs, self.prompts = reply, supports_logprobs, []
+        self.forced, self.supports_forced_logprobs = forced, forced is not None
+        self.conversations = []
 
     def generate(self, messages, *, max_tokens, temperature=0.0, logprobs=None):
         prompt = messages[-1]["content"]
         self.prompts.append(prompt)
         return self.reply(prompt, logprobs)
+
+    def forced_logprobs(self, conversations, *, top_logprobs):
+        self.conversations.extend(conversations)
+        return [self.forced(m, top_logprobs) for m in conversations]
 
 
 def ok(text: str, logprobs=None) -> Completion:
@@ -354,3 +364,113 @@ def test_embedding_scorer_cats_vs_finance():
     assert good.value > 0.8 and good.ci_low is not None
     assert bad.ok and bad.value < good.value
     assert scorer.score(rec, "banks, stocks and money").value < 0.5  # describes the random contexts
+
+
+# ---------------------------------------------------------------- teacher-forced reading
+
+def _forced_tokens(answer: str) -> list[str]:
+    """How a BPE tokenizer would cut the forced simulation answer: the JSON string, TAB, value, line break."""
+    out = []
+    for line in answer.splitlines(keepends=True):
+        head, value = line.rstrip("\n").rsplit("\t", 1)
+        out += [head, "\t", value, "\n"]
+    return out
+
+
+def forced_oracle(rec: LatentRecord, shuffled: bool = False, no_digits_every: int = 0):
+    """Reads the forced simulation answer; at each value slot p=0.7 on round(9 a / max), 0.3 on " the"."""
+    truth = _truth_by_tokens(rec)
+    all_acts = list(truth.values())
+    rng = random.Random(2)
+    calls = iter(range(10**6))
+
+    def forced(messages, top):
+        answer = messages[-1]["content"]
+        pieces = tuple(json.loads(line.rsplit("\t", 1)[0]) for line in answer.splitlines())
+        acts = rng.choice(all_acts) if shuffled else truth[pieces]
+        values = iter([round(9 * a / 5.0) for a in acts])
+        skip = no_digits_every and next(calls) % no_digits_every == 0
+        toks = []
+        for t in _forced_tokens(answer):
+            top_alts = [TokenLogprob(" the", math.log(0.3))]
+            if t == "0" and not skip:
+                top_alts.insert(0, TokenLogprob(str(next(values)), math.log(0.7)))
+            toks.append(TokenLogprobs(t, math.log(0.5), top_alts))
+        return ok(answer, toks)
+
+    return FakeClient(lambda p, lp: pytest.fail("the forced path never generates"), forced=forced)
+
+
+def test_simulation_forced_oracle_shuffled_and_exact_prompt():
+    rec = make_record(n_per_kind=100)
+    client = forced_oracle(rec)
+    s = build_scorer("simulation", client=client, tokenizer=TOK, n_boot=200).score(rec, "the word cat")
+    assert s.ok and s.method == "forced-logprob-expectation" and s.n == 150 and s.value > 0.98
+    assert s.details["scale"] == "0-9" and s.details["n_logprob_items"] == 150
+    shuffled = build_scorer("simulation", client=forced_oracle(rec, shuffled=True), tokenizer=TOK,
+                            n_boot=200).score(rec, "the word cat")
+    assert shuffled.ok and abs(shuffled.value) < 0.2
+    # the exact conversation of one context: system, user with the neutralised text, forced answer
+    e = rec.split("score")[0]
+    pieces = [TOK.decode([t]) for t in e.tokens]
+    first = client.conversations[0]
+    assert first == [{"role": "system", "content": FORCED_SYSTEM},
+                     {"role": "user", "content": FORCED_USER.format(explanation="the word cat",
+                                                                    text=neutralise("".join(pieces)))},
+                     {"role": "assistant", "content": "".join(json.dumps(p) + "\t0\n" for p in pieces)}]
+    assert FORCED_USER == "Feature explanation: {explanation}\n\n<text>{text}</text>"
+    assert FORCED_SYSTEM.startswith("You simulate a feature of a language model.") and "digit from 0" in FORCED_SYSTEM
+    assert not any("EXPLAINONLY" in m[1]["content"] for m in client.conversations)
+
+
+def test_forced_answer_escapes_tokens_and_failures_are_explicit():
+    answer, slots = forced_answer([' "x"', "\n", "\tcafé"])
+    assert answer == '" \\"x\\""\t0\n"\\n"\t0\n"\\tcaf\\u00e9"\t0\n' and answer.isascii()
+    assert [answer[k] for k in slots] == ["0", "0", "0"] and len(answer.splitlines()) == 3
+    toks = [TokenLogprobs(t, -0.1, [TokenLogprob("3", -0.5), TokenLogprob("7", -0.5), TokenLogprob("x", -3)])
+            for t in _forced_tokens(answer)]
+    assert forced_expectations(ok(answer, toks), slots) == pytest.approx([5.0] * 3)
+    no_digit = [TokenLogprobs(t.token, t.logprob, [TokenLogprob("x", -0.1)]) for t in toks]
+    assert "no digit" in forced_expectations(ok(answer, no_digit), slots)
+    merged = [TokenLogprobs("".join(_forced_tokens(answer)[:3]), -0.1), *toks[3:]]
+    assert "not a token of its own" in forced_expectations(ok(answer, merged), slots)
+    # a few unreadable items are tolerated and counted; too many fail the score
+    rec = make_record(40)
+    some = build_scorer("simulation", client=forced_oracle(rec, no_digits_every=10), tokenizer=TOK,
+                        n_boot=50).score(rec, "cat")
+    assert some.ok and some.details["n_failed"] == 6 and some.n == 54
+    most = build_scorer("simulation", client=forced_oracle(rec, no_digits_every=1), tokenizer=TOK).score(rec, "c")
+    assert most.status == "parse_error" and most.value is None and "no digit" in most.error
+
+
+def _forced_yes_no(p_yes_of):
+    def forced(messages, top):
+        p = p_yes_of(_text(messages[1]["content"]))
+        assert messages[-1] == {"role": "assistant", "content": "ANSWER: yes"}
+        return ok("ANSWER: yes", [TokenLogprobs("AN", -0.1), TokenLogprobs("SWER", -0.1), TokenLogprobs(":", -0.1),
+                                   TokenLogprobs(" yes", math.log(p), [TokenLogprob(" yes", math.log(p)),
+                                                                       TokenLogprob(" no", math.log(1 - p))])])
+    return forced
+
+
+@pytest.mark.parametrize("name", ["detection", "fuzzing"])
+def test_yes_no_forced_reading(name):
+    rec = make_record(40)
+    is_right = ((lambda t: " cat" in t) if name == "detection"
+                else (lambda t: set(re.findall(r"<<(.*?)>>", t)) <= {" cat", " cat cat"}))
+    never = lambda p, lp: pytest.fail("the forced path never generates")  # noqa: E731
+    sharp = build_scorer(name, client=FakeClient(never, forced=_forced_yes_no(
+        lambda t: 0.9 if is_right(t) else 0.2)), tokenizer=TOK, n_boot=50).score(rec, "cat")
+    assert sharp.ok and sharp.method == "forced-logprobs" and sharp.value == 1.0 and sharp.details["auroc"] == 1.0
+    # a yes-biased judge that still ranks right: balanced accuracy 0.5, AUROC 1
+    biased = build_scorer(name, client=FakeClient(never, forced=_forced_yes_no(
+        lambda t: 0.8 if is_right(t) else 0.6)), tokenizer=TOK, n_boot=50).score(rec, "cat")
+    assert biased.value == 0.5 and biased.details["auroc"] == 1.0
+    blind = build_scorer(name, client=FakeClient(never, forced=_forced_yes_no(lambda t: 0.7)), tokenizer=TOK,
+                         n_boot=50).score(rec, "cat")
+    assert blind.details["auroc"] == 0.5
+    generating = build_scorer(name, client=FakeClient(_yes_if(lambda p: True), forced=_forced_yes_no(
+        lambda t: 0.7)), tokenizer=TOK, forced=False).score(rec, "cat")
+    assert generating.method == "parsed-answers"
+    with pytest.raises(ValueError, match="forced=True"):
+        build_scorer(name, client=FakeClient(never), tokenizer=TOK, forced=True)

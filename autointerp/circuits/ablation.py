@@ -26,18 +26,21 @@ input tokens and error nodes) its **input** nodes (``nodes: "input"``):
   special tokens the cache excludes, whose ablation wrecks any model) at or before the target's
   position (later tokens cannot reach it). The target's own token is a candidate: replacing it
   leaves the target computed by the live model from the rest of the context, a real intervention,
-  and top and random sets draw from the same pool. ``k`` is capped at half the candidates (at
-  least 1), so a random set can differ from the top set; with fewer than 2 candidates there is
-  no comparison and ``passed`` is ``None``.
+  and top and random sets draw from the same candidates.
 
 For either kind:
 
 * **top**: the ``k`` candidate nodes with the largest influence on the target, ablated together;
   effect ``delta_top = target' - target``.
 * **random**: ``k`` nodes drawn uniformly from the candidates (all active feature nodes upstream
-  of the target; the candidate input positions), ablated together, ``draws`` times (seeded);
-  ``delta_random`` lists ``target' - target`` per draw, ``mean_abs_delta_random`` is the mean of
-  ``|target' - target|``.
+  of the target; the candidate input positions) that are NOT among the top ``k``, ablated
+  together, ``draws`` times (seeded; with a small pool a set can repeat); ``delta_random`` lists
+  ``target' - target`` per draw (``random_nodes`` the sets), ``mean_abs_delta_random`` is the
+  mean of ``|target' - target|``. Drawing outside the top set makes the comparison the graph's choice against the nodes it did
+  not choose: with a few candidates (a short prompt's ~10 input tokens, ``k = 5``) a draw from
+  all of them nearly always contains the top node itself, and the check could not fail or pass
+  on the merits. ``k`` is capped at half the candidates, so the pool holds at least ``k``
+  nodes; with fewer than 2 candidates there is no comparison and ``passed`` is ``None``.
 
 The graph records both, their ratio ``|delta_top| / mean_abs_delta_random`` and ``passed =
 |delta_top| > mean_abs_delta_random``. When the feature check runs, the input check is recorded
@@ -78,19 +81,23 @@ def _compare(tracer, nodes: list, influence: np.ndarray, candidates: list[int], 
              base: float) -> dict:
     """Ablate the ``k`` most influential candidates, and ``k`` random ones ``draws`` times."""
     top = sorted(candidates, key=lambda i: -influence[i])[:k]
+    pool = [i for i in candidates if i not in set(top)]
     delta_top = _ablated_target(tracer, nodes, top) - base
     rng = np.random.default_rng(seed)
-    random = [_ablated_target(tracer, nodes, rng.choice(candidates, size=k, replace=False).tolist()) - base
-              for _ in range(draws)]
+    sets = [rng.choice(pool, size=k, replace=False).tolist() for _ in range(draws)]
+    random = [_ablated_target(tracer, nodes, chosen) - base for chosen in sets]
     mean_random = float(np.mean(np.abs(random)))
-    return {"k": k, "candidates": len(candidates), "top_nodes": [nodes[i].id for i in top], "delta_top": delta_top,
+    return {"k": k, "candidates": len(candidates), "random_pool": len(pool),
+            "top_nodes": [nodes[i].id for i in top], "random_nodes": [[nodes[i].id for i in c] for c in sets],
+            "delta_top": delta_top,
             "abs_delta_top": abs(delta_top), "delta_random": random, "mean_abs_delta_random": mean_random,
             "ratio": abs(delta_top) / mean_random if mean_random > 0 else None,
             "passed": abs(delta_top) > mean_random}
 
 
 def _empty(nodes_kind: str, note: str, candidates: int = 0) -> dict:
-    return {"nodes": nodes_kind, "k": 0, "candidates": candidates, "top_nodes": [], "delta_top": 0.0,
+    return {"nodes": nodes_kind, "k": 0, "candidates": candidates, "top_nodes": [], "random_nodes": [],
+            "delta_top": 0.0,
             "abs_delta_top": 0.0, "delta_random": [], "mean_abs_delta_random": 0.0, "ratio": None, "passed": None,
             "note": note}
 
@@ -116,5 +123,8 @@ def ablation_check(tracer, nodes: list, influence: np.ndarray, k: int = 5, draws
     inputs = _input_check(tracer, nodes, influence, k, draws, seed, base)
     if not features:
         return {**record, **inputs}
-    rec = _compare(tracer, nodes, influence, features, min(k, len(features)), draws, seed, base)
+    if len(features) < 2:
+        return {**record, **_empty("feature", FEATURE_NOTE + "; 1 feature node upstream: no random comparison", 1),
+                "inputs": inputs}
+    rec = _compare(tracer, nodes, influence, features, min(k, len(features) // 2), draws, seed, base)
     return {**record, "nodes": "feature", **rec, "note": FEATURE_NOTE, "inputs": inputs}

@@ -118,11 +118,18 @@ class LLMClient(ABC):
     Answer prefill: where ``supports_prefill`` is true, a conversation that ends with an
     ``assistant`` message is continued, not answered: the completion's text is what follows that
     message's content (the caller joins them). Other clients send such a conversation as is.
+
+    Teacher forcing: where ``supports_forced_logprobs`` is true, :meth:`forced_logprobs` reads a
+    whole given answer in one forward pass and returns, at every token of it, the model's
+    distribution over what it would have written there. A scorer then asks for its answer format
+    by construction instead of hoping the model follows it (OpenAI's "all at once" simulator).
     """
 
     model: str = ""
     supports_logprobs: bool = False
     supports_prefill: bool = False
+    supports_forced_logprobs: bool = False
+    """whether :meth:`forced_logprobs` (teacher-forced reading of a given answer) is implemented."""
 
     @abstractmethod
     def generate(self, messages: list[Message], *, max_tokens: int, temperature: float = 0.0,
@@ -133,3 +140,26 @@ class LLMClient(ABC):
                       logprobs: int | None = None) -> list[Completion]:
         return [self.generate(m, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs)
                 for m in conversations]
+
+    def forced_logprobs(self, conversations: list[list[Message]], *, top_logprobs: int) -> list[Completion]:
+        """Teacher-forced log-probabilities of given answers, one forward pass each.
+
+        Each conversation must end with an ``assistant`` message: the answer to read. The i-th
+        result is an ok :class:`Completion` whose ``text`` is that answer's content and whose
+        ``logprobs`` cover it token by token (the tokens spell ``text`` exactly); at each token
+        ``top`` holds the ``top_logprobs`` most likely tokens at that position given everything
+        before it, i.e. what the model would have written there instead. Transport failures
+        come back as failed completions, as from :meth:`generate`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no teacher-forced log-probabilities")
+
+
+def validate_forced(conversations: list[list[Message]], top_logprobs: int) -> None:
+    """Raise ``ValueError`` for a teacher-forced request no model could serve."""
+    for m in conversations:
+        validate_request(m, 1, 0.0, None, False)
+        if m[-1]["role"] != "assistant" or not m[-1]["content"]:
+            raise ValueError("a teacher-forced conversation must end with a non-empty assistant message "
+                             "(the answer to read)")
+    if not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= 20:
+        raise ValueError(f"top_logprobs must be an int in [1, 20], got {top_logprobs!r}")

@@ -5,6 +5,13 @@ tokenizer's ``padding_side`` is global state we do not touch), so every row's la
 token sits at the same position and generation continues all rows in step. Greedy when
 ``temperature == 0``, plain temperature sampling otherwise.
 
+Teacher-forced reading (:meth:`LocalClient.forced_logprobs`): the prompt's ids and the given
+answer's ids (tokenised on their own, so the boundary is exact) are left-padded into one batch
+and run through ONE forward pass with explicit ``position_ids = cumsum(mask) - 1`` (a plain
+forward pass, unlike ``generate``, does not derive positions from the mask). Only the last
+``A + 1`` positions' logits are computed (``logits_to_keep``), ``A`` the longest answer: the
+logits at column ``t`` predict the token at ``t + 1``.
+
 Log-probabilities come from the raw logits of each generation step
 (``output_logits=True``): ``logprob_t = log_softmax(logits_t)[token_t]``. Raw logits, not
 the processed ``scores``, because processors (temperature, top-k) would change the numbers
@@ -17,13 +24,17 @@ import time
 
 import torch
 
-from autointerp.llm.base import Completion, LLMClient, Message, TokenLogprob, TokenLogprobs, validate_request
+from autointerp.llm.base import (Completion, LLMClient, Message, TokenLogprob, TokenLogprobs, validate_forced,
+                                 validate_request)
 from autointerp.llm.cache import ResponseCache
 
 
 class LocalClient(LLMClient):
     supports_logprobs = True
     supports_prefill = True
+    supports_forced_logprobs = True
+    forced_logit_budget = 4096
+    """rows x kept positions per forced forward pass (x vocabulary floats of logits)."""
 
     def __init__(self, model, device: str = "cpu", batch_size: int = 8, max_new_tokens: int = 512,
                  cache: ResponseCache | None = None):
@@ -56,6 +67,7 @@ class LocalClient(LLMClient):
         eos = self.hf_model.generation_config.eos_token_id
         eos = eos if eos is not None else tok.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos])
+        self._piece_text: dict[int, str] = {}
 
     def __repr__(self) -> str:
         return f"LocalClient(model={self.model!r}, device={self.device!r}, batch_size={self.batch_size})"
@@ -96,6 +108,73 @@ class LocalClient(LLMClient):
                 results[i] = c
         return results
 
+    def forced_logprobs(self, conversations: list[list[Message]], *, top_logprobs: int) -> list[Completion]:
+        validate_forced(conversations, top_logprobs)
+        params = {"forced": True, "top_logprobs": top_logprobs}
+        results: list[Completion | None] = [None] * len(conversations)
+        todo = []
+        for i, m in enumerate(conversations):
+            hit = self.cache.get(self.model, m, params) if self.cache is not None else None
+            if hit is not None:
+                results[i] = hit
+            else:
+                todo.append(i)
+        pairs = {i: (self.prompt_ids(conversations[i][:-1]),
+                     self.tokenizer(conversations[i][-1]["content"], add_special_tokens=False)["input_ids"])
+                 for i in todo}
+        todo.sort(key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        start = 0
+        while start < len(todo):
+            # as many rows as the logit budget allows (at least one), at most batch_size
+            end, widest = start, 0
+            while end < len(todo) and end - start < self.batch_size:
+                widest = max(widest, len(pairs[todo[end]][1]) + 1)
+                if end > start and (end - start + 1) * widest > self.forced_logit_budget:
+                    break
+                end += 1
+            idx = todo[start:end]
+            t0 = time.monotonic()
+            outs = self._forced_batch([pairs[i] for i in idx], top_logprobs)
+            latency = (time.monotonic() - t0) / len(idx)
+            for i, c in zip(idx, outs):
+                # the answer as given; its tokens' texts spell it unless a character was split
+                # between tokens (callers check)
+                c.text, c.latency_s = conversations[i][-1]["content"], latency
+                if self.cache is not None:
+                    self.cache.put(self.model, conversations[i], params, c)
+                results[i] = c
+            start = end
+        return results
+
+    @torch.inference_mode()
+    def _forced_batch(self, pairs: list[tuple[list[int], list[int]]], top_n: int) -> list[Completion]:
+        rows = [p + a for p, a in pairs]
+        width = max(map(len, rows))
+        keep = max(len(a) for _, a in pairs) + 1
+        ids_BP = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask_BP = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):  # left padding: every answer ends at the last column
+            ids_BP[b, width - len(r):] = torch.tensor(r)
+            mask_BP[b, width - len(r):] = 1
+        pos_BP = (mask_BP.cumsum(-1) - 1).clamp(min=0)
+        logits_BKV = self.hf_model(input_ids=ids_BP.to(self.device), attention_mask=mask_BP.to(self.device),
+                                   position_ids=pos_BP.to(self.device), logits_to_keep=keep).logits
+        completions = []
+        for b, (_, answer) in enumerate(pairs):
+            # column keep-1-len(answer)+t of the kept logits predicts answer token t
+            logp_AV = torch.log_softmax(logits_BKV[b, keep - 1 - len(answer):keep - 1].float(), dim=-1).cpu()
+            lps = self._token_logprobs(logp_AV, answer, top_n)
+            completions.append(Completion(text="".join(t.token for t in lps), status="ok", logprobs=lps,
+                                          model=self.model))
+        return completions
+
+    def _piece(self, token_id: int) -> str:
+        """One token's text (memoised: the same few thousand ids recur at every position)."""
+        text = self._piece_text.get(token_id)
+        if text is None:
+            text = self._piece_text[token_id] = self.tokenizer.decode([token_id])
+        return text
+
     def prompt_ids(self, messages: list[Message]) -> list[int]:
         """Token ids of the chat-templated conversation, ending with the assistant's turn opening,
         or, when the last message is the assistant's (a prefill), inside that message."""
@@ -135,12 +214,13 @@ class LocalClient(LLMClient):
         return completions
 
     def _token_logprobs(self, logp_TV: torch.Tensor, tokens: list[int], top_n: int) -> list[TokenLogprobs]:
-        decode = self.tokenizer.decode
+        piece = self._piece
+        chosen = logp_TV.gather(1, torch.tensor(tokens, dtype=torch.long).view(-1, 1)).view(-1).tolist() \
+            if tokens else []
+        if top_n > 0 and tokens:
+            vals_TK, ids_TK = (x.tolist() for x in logp_TV[:len(tokens)].topk(top_n, dim=-1))
         result = []
         for t, tok in enumerate(tokens):
-            top = []
-            if top_n > 0:
-                vals, alt_ids = logp_TV[t].topk(top_n)
-                top = [TokenLogprob(decode([a]), float(v)) for v, a in zip(vals.tolist(), alt_ids.tolist())]
-            result.append(TokenLogprobs(token=decode([tok]), logprob=float(logp_TV[t, tok]), top=top))
+            top = ([TokenLogprob(piece(a), v) for v, a in zip(vals_TK[t], ids_TK[t])] if top_n > 0 else [])
+            result.append(TokenLogprobs(token=piece(tok), logprob=chosen[t], top=top))
         return result

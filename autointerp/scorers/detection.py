@@ -19,6 +19,13 @@ with a bootstrap 95% interval, and, when every parsed item came with log-probabi
 word, ``P(yes) = p_yes / (p_yes + p_no)``, ``p_yes`` (``p_no``) summing the top alternatives
 whose stripped, lower-cased text is ``yes`` (``no``).
 
+With a client that reads a given answer (``LLMClient.supports_forced_logprobs``, e.g. the local
+client) the default is the teacher-forced method (``method == "forced-logprobs"``): the answer
+``ANSWER: yes`` is written for the model and ONE forward pass reads ``P(yes)`` at the answer
+word, as above; the item's answer is ``P(yes) > 0.5``. No reply is parsed, so a model that
+would not follow the format still gives its judgement; an item fails only when neither word is
+among the top alternatives there.
+
 Dataset text is passed through :func:`~autointerp.scorers.base.neutralise` (``<``/``>`` and line
 breaks replaced), so it cannot fake a highlight ``<<...>>``, close the ``<text>`` quote, or put
 an ``ANSWER:`` line of its own on a line of the prompt.
@@ -37,6 +44,7 @@ from autointerp.scorers.base import (Decoder, ItemFailures, Score, Scorer, neutr
                                      score_examples)
 from autointerp.scorers.metrics import auroc, balanced_accuracy, bootstrap_ci
 
+FORCED_ANSWER = "ANSWER: yes"
 ANSWER_RE = re.compile(r"^\s*answer\s*:\s*(yes|no)\s*\.?\s*$", re.IGNORECASE)
 _ANSWER_PREFIX_RE = re.compile(r"^\s*answer\s*:", re.IGNORECASE)
 
@@ -82,6 +90,15 @@ def parse_answer(c: Completion) -> ParsedAnswer | None:
     return ParsedAnswer(yes=m.group(1).lower() == "yes", p_yes=_p_yes(c, word_start))
 
 
+def forced_answer(c: Completion) -> ParsedAnswer | None:
+    """The judgement read from a teacher-forced ``ANSWER: yes``: yes when ``P(yes) > 0.5``; None
+    when the answer word's position has neither word among its alternatives."""
+    if c.text != FORCED_ANSWER:
+        return None
+    p = _p_yes(c, FORCED_ANSWER.index("yes"))
+    return None if p is None else ParsedAnswer(yes=p > 0.5, p_yes=p)
+
+
 def _p_yes(c: Completion, word_start: int) -> float | None:
     """P(yes) at the generated token whose text starts at or just before (leading spaces) ``word_start``.
 
@@ -114,15 +131,20 @@ class _YesNoScorer(Scorer):
     user: str = ""
 
     def __init__(self, client: LLMClient, tokenizer: Decoder, max_failed_fraction: float = 0.2,
-                 logprobs: bool | None = None, max_tokens: int = 8, n_boot: int = 1000, seed: int = 0):
+                 logprobs: bool | None = None, max_tokens: int = 8, n_boot: int = 1000, seed: int = 0,
+                 forced: bool | None = None):
+        """``forced``: None reads a teacher-forced answer when the client can, else the model generates."""
         if not 0.0 <= max_failed_fraction <= 1.0:
             raise ValueError(f"max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
         if logprobs and not client.supports_logprobs:
             raise ValueError(f"logprobs=True but client {type(client).__name__} does not support them")
+        if forced and not client.supports_forced_logprobs:
+            raise ValueError(f"forced=True but client {type(client).__name__} cannot read a given answer")
         self.client, self.tokenizer = client, tokenizer
         self.max_failed_fraction, self.max_tokens = max_failed_fraction, max_tokens
         self.n_boot, self.seed = n_boot, seed
         self.logprobs = client.supports_logprobs if logprobs is None else logprobs
+        self.forced = client.supports_forced_logprobs if forced is None else forced
 
     def items(self, record: LatentRecord) -> list[tuple[str, int]]:
         """``(quoted text, label)`` per item; depends on the record only (never the explanation)."""
@@ -137,22 +159,29 @@ class _YesNoScorer(Scorer):
         if len({y for _, y in items}) < 2:
             return Score.failed(self.name, "error", f"latent {record.latent}: the score split gives no "
                                 f"items of both labels ({len(items)} items)", n=len(items))
-        replies = self.client.generate_many([self.messages(explanation, text) for text, _ in items],
-                                            max_tokens=self.max_tokens, temperature=0.0,
-                                            logprobs=5 if self.logprobs else None)
+        convs = [self.messages(explanation, text) for text, _ in items]
+        if self.forced:
+            method, read = "forced-logprobs", forced_answer
+            replies = self.client.forced_logprobs(
+                [m + [{"role": "assistant", "content": FORCED_ANSWER}] for m in convs], top_logprobs=5)
+        else:
+            method, read = "parsed-answers", parse_answer
+            replies = self.client.generate_many(convs, max_tokens=self.max_tokens, temperature=0.0,
+                                                logprobs=5 if self.logprobs else None)
         failures, labels, answers = ItemFailures(), [], []
         for (_, y), c in zip(items, replies):
-            parsed = parse_answer(c) if c.ok else None
+            parsed = read(c) if c.ok else None
             if not c.ok:
                 failures.add_completion(c)
             elif parsed is None:
-                failures.add("parse_error", f"no single 'ANSWER: yes|no' line in {c.text[:80]!r}")
+                failures.add("parse_error", "neither yes nor no among the top alternatives at the answer word"
+                             if self.forced else f"no single 'ANSWER: yes|no' line in {c.text[:80]!r}")
             else:
                 labels.append(y)
                 answers.append(parsed)
         details = failures.details(len(items))
         if failures.too_many(len(items), self.max_failed_fraction):
-            return failures.as_score(self.name, len(items), method="parsed-answers")
+            return failures.as_score(self.name, len(items), method=method)
         if len(set(labels)) < 2:
             return Score.failed(self.name, "error", "the parsed items hold a single label", n=len(labels),
                                 details=details)
@@ -164,7 +193,7 @@ class _YesNoScorer(Scorer):
             auc_ci = bootstrap_ci(labels, p_yes, statistic=auroc, n_boot=self.n_boot, seed=self.seed)
             details["auroc_ci"] = (auc_ci.low, auc_ci.high)
         return Score(scorer=self.name, value=balanced_accuracy(labels, said_yes), status="ok", n=len(labels),
-                     ci_low=ci.low, ci_high=ci.high, method="parsed-answers", details=details)
+                     ci_low=ci.low, ci_high=ci.high, method=method, details=details)
 
 
 @register("detection")

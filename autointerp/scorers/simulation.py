@@ -22,6 +22,22 @@ How predictions are read (``Score.method``):
 * ``"parsed-numbers"``: the reply, stripped, must be exactly ``N`` integers in 0..10 separated by
   whitespace; a wrong count or any other text fails the item.
 * ``"mixed"``: some items each way (``details["n_logprob_items"]`` says how many used logprobs).
+* ``"forced-logprob-expectation"``: the default with a client that reads a given answer
+  (``LLMClient.supports_forced_logprobs``, e.g. the local client): OpenAI's "all at once"
+  simulation. The answer is written for the model, one line per token,
+  ``<token as a JSON string><TAB>0``, and ONE teacher-forced pass reads, at every value slot,
+  the model's distribution over what it would have written there instead of the placeholder:
+
+      E[v] = sum_v v * p(v) / sum_v p(v),    v in 0..9 among the slot's top alternatives
+
+  The scale is 0-9 here because every digit is one token in every tokenizer we know, while
+  "10" is two tokens in many (SmolLM2's): a one-token readout of 0-10 would fold p(10) into
+  p(1). Pearson's r does not depend on the scale. The placeholder is ``0`` (the usual value
+  of a sparse latent), so a slot's context shows the earlier tokens with their prior value
+  rather than the model's own guesses; the prompt holds one worked example so that even the
+  first slot is read in the answer format. No reply is parsed, so no model can break the
+  format; an item fails only when a slot has no digit among its top alternatives, or when
+  the client's tokens do not put the slot on a token of its own.
 
 Failed items (transport failures, unparseable replies): when more than
 ``max_failed_fraction`` of the contexts fail, the Score fails with the most common failure as
@@ -36,7 +52,7 @@ import re
 
 from autointerp.examples import LatentRecord
 from autointerp.llm.base import Completion, LLMClient, Message
-from autointerp.scorers.base import Decoder, ItemFailures, Score, Scorer, register, score_examples
+from autointerp.scorers.base import Decoder, ItemFailures, Score, Scorer, neutralise, register, score_examples
 from autointerp.scorers.metrics import bootstrap_ci, correlation_score
 
 MAX_VALUE = 10
@@ -50,6 +66,18 @@ SIMULATION_SYSTEM = (
     "and nothing else.")
 SIMULATION_USER = ("Feature explanation: {explanation}\n\nTokens ({n}):\n{tokens}\n\n"
                    "Predictions ({n} integers):")
+
+FORCED_MAX_VALUE = 9
+FORCED_PLACEHOLDER = "0"
+FORCED_SYSTEM = (
+    "You simulate a feature of a language model. Given an explanation of the feature and a text quoted "
+    "between <text> and </text>, predict how strongly the feature activates on each token of the text, as a "
+    "digit from 0 (not at all) to 9 (maximally).\n"
+    "Reply with one line per token, in order: the token as a JSON string, a tab, and the digit.\n\n"
+    "Example. Feature explanation: the word \"cat\"\n<text>The cat sat on the mat near a cat</text>\n"
+    "Reply:\n\"The\"\t0\n\" cat\"\t9\n\" sat\"\t0\n\" on\"\t0\n\" the\"\t0\n\" mat\"\t0\n"
+    "\" near\"\t0\n\" a\"\t0\n\" cat\"\t8")
+FORCED_USER = "Feature explanation: {explanation}\n\n<text>{text}</text>"
 
 
 def token_list(pieces: list[str]) -> str:
@@ -83,24 +111,78 @@ def logprob_expectations(c: Completion, n: int) -> list[float] | None:
     return out if len(out) == n else None
 
 
+def forced_answer(pieces: list[str]) -> tuple[str, list[int]]:
+    """The answer a teacher-forced simulator reads, and the character offset of each value slot.
+
+    One line per token, ``json.dumps(piece)`` (ASCII-only: quotes, tabs, line breaks and non-ASCII
+    characters are escaped, so a token can neither fake a line nor be split between tokens
+    mid-character) + TAB + the placeholder.
+    """
+    lines, slots, offset = [], [], 0
+    for piece in pieces:
+        head = json.dumps(piece, ensure_ascii=True) + "\t"
+        slots.append(offset + len(head))
+        line = head + FORCED_PLACEHOLDER + "\n"
+        lines.append(line)
+        offset += len(line)
+    return "".join(lines), slots
+
+
+def forced_expectations(c: Completion, slots: list[int]) -> list[float] | str:
+    """``E[v]`` per value slot of a teacher-forced completion, or why it cannot be read (module docstring)."""
+    if not c.logprobs or "".join(t.token for t in c.logprobs) != c.text:
+        return "the client's tokens do not spell the answer"
+    starts, offset = {}, 0
+    for t in c.logprobs:
+        starts[offset] = t
+        offset += len(t.token)
+    out = []
+    for k, slot in enumerate(slots):
+        t = starts.get(slot)
+        if t is None or t.token != FORCED_PLACEHOLDER:
+            return f"value slot {k} is not a token of its own"
+        digits = {}
+        for a in t.top:
+            if len(a.token) == 1 and a.token.isdigit():
+                digits[int(a.token)] = digits.get(int(a.token), 0.0) + math.exp(a.logprob)
+        total = sum(digits.values())
+        if total <= 0:
+            return f"no digit among the top {len(t.top)} alternatives at token {k}"
+        out.append(sum(v * w for v, w in digits.items()) / total)
+    return out
+
+
 @register("simulation")
 class SimulationScorer(Scorer):
     """Correlation of simulated and true per-token activations (module docstring).
 
     ``logprobs``: None uses them when the client supports them; ``top_logprobs`` alternatives
-    per position are requested (11 values need up to 11).
+    per position are requested (None: 20 on the forced path, else 15; 11 values need up to 11).
+    ``forced``: None reads a teacher-forced answer when the client can
+    (``supports_forced_logprobs``), otherwise the model generates its answer.
     """
 
     def __init__(self, client: LLMClient, tokenizer: Decoder, max_failed_fraction: float = 0.2,
-                 logprobs: bool | None = None, top_logprobs: int = 15, n_boot: int = 1000, seed: int = 0):
+                 logprobs: bool | None = None, top_logprobs: int | None = None, n_boot: int = 1000, seed: int = 0,
+                 forced: bool | None = None):
         if not 0.0 <= max_failed_fraction <= 1.0:
             raise ValueError(f"max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
         if logprobs and not client.supports_logprobs:
             raise ValueError(f"logprobs=True but client {type(client).__name__} does not support them")
+        if forced and not client.supports_forced_logprobs:
+            raise ValueError(f"forced=True but client {type(client).__name__} cannot read a given answer")
         self.client, self.tokenizer = client, tokenizer
-        self.max_failed_fraction, self.top_logprobs, self.n_boot, self.seed = (
-            max_failed_fraction, top_logprobs, n_boot, seed)
+        self.max_failed_fraction, self.n_boot, self.seed = max_failed_fraction, n_boot, seed
         self.logprobs = client.supports_logprobs if logprobs is None else logprobs
+        self.forced = client.supports_forced_logprobs if forced is None else forced
+        self.top_logprobs = top_logprobs if top_logprobs is not None else 20 if self.forced else 15
+
+    def forced_messages(self, explanation: str, pieces: list[str]) -> tuple[list[Message], list[int]]:
+        """The teacher-forced conversation (answer included) and its value slots."""
+        answer, slots = forced_answer(pieces)
+        user = FORCED_USER.format(explanation=explanation, text=neutralise("".join(pieces)))
+        return ([{"role": "system", "content": FORCED_SYSTEM}, {"role": "user", "content": user},
+                 {"role": "assistant", "content": answer}], slots)
 
     def messages(self, explanation: str, pieces: list[str]) -> list[Message]:
         user = SIMULATION_USER.format(explanation=explanation, n=len(pieces), tokens=token_list(pieces))
@@ -110,7 +192,10 @@ class SimulationScorer(Scorer):
         examples = [e for e, _ in score_examples(record)]
         if not examples:
             return Score.failed(self.name, "error", f"latent {record.latent} has no score-split examples")
-        convs = [self.messages(explanation, [self.tokenizer.decode([t]) for t in e.tokens]) for e in examples]
+        pieces = [[self.tokenizer.decode([t]) for t in e.tokens] for e in examples]
+        if self.forced:
+            return self._score_forced(examples, pieces, explanation)
+        convs = [self.messages(explanation, p) for p in pieces]
         max_tokens = 3 * max(len(e.tokens) for e in examples) + 16  # a value and a space each, with slack
         replies = self.client.generate_many(convs, max_tokens=max_tokens, temperature=0.0,
                                             logprobs=self.top_logprobs if self.logprobs else None)
@@ -131,6 +216,26 @@ class SimulationScorer(Scorer):
         method = ("logprob-expectation" if predicted and n_logprob == len(predicted)
                   else "parsed-numbers" if n_logprob == 0 else "mixed")
         details = {**failures.details(len(examples)), "n_logprob_items": n_logprob}
+        return self._correlate(examples, failures, true, predicted, method, details)
+
+    def _score_forced(self, examples, pieces: list[list[str]], explanation: str) -> Score:
+        asks = [self.forced_messages(explanation, p) for p in pieces]
+        replies = self.client.forced_logprobs([m for m, _ in asks], top_logprobs=self.top_logprobs)
+        failures, true, predicted = ItemFailures(), [], []
+        for e, (_, slots), c in zip(examples, asks, replies):
+            pred = forced_expectations(c, slots) if c.ok else None
+            if not c.ok:
+                failures.add_completion(c)
+            elif isinstance(pred, str):
+                failures.add("parse_error", pred)
+            else:
+                true.append(list(e.activations))
+                predicted.append(pred)
+        details = {**failures.details(len(examples)), "n_logprob_items": len(predicted),
+                   "scale": f"0-{FORCED_MAX_VALUE}"}
+        return self._correlate(examples, failures, true, predicted, "forced-logprob-expectation", details)
+
+    def _correlate(self, examples, failures: ItemFailures, true, predicted, method: str, details: dict) -> Score:
         if failures.too_many(len(examples), self.max_failed_fraction):
             return failures.as_score(self.name, len(examples), method=method)
         try:
