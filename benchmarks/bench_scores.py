@@ -3,7 +3,8 @@
 Works on a copy of a run folder's ``features.db`` (``--db``, made from ``RUN/features.db`` when
 missing; the run folder is never written). For each scorer of ``--scorers`` it calls
 ``autointerp.interpret.score`` on the first ``--features`` live features that have an ok
-explanation by every explainer with any ok explanation (resumable: a killed benchmark redoes
+explanation by ``--select-by`` (default ``token-enrichment``; every explanation of those features
+is scored, whichever explainer wrote it) (resumable: a killed benchmark redoes
 only what is missing). The LLM scorers ask ``--endpoint`` (an OpenAI-compatible API) when given,
 else the run's embedded model through ``LocalClient``, with a response cache next to the db
 (identical prompts, e.g. a token-enrichment explanation and its baseline control, which are the
@@ -57,12 +58,14 @@ def interval(*columns, statistic=_mean) -> dict:
     return {"mean": statistic(*columns), "low": ci.low, "high": ci.high}
 
 
-def select_latents(db: FeatureDB, dictionary: str, n: int) -> list[int]:
-    """The first ``n`` live latents with an ok explanation by every explainer that has any."""
+def select_latents(db: FeatureDB, dictionary: str, n: int, explainer: str | None = None) -> list[int]:
+    """The first ``n`` live latents with an ok explanation by ``explainer``, or (None) by every
+    explainer that has any (the embedded model parses for ~1 in 16 features, so requiring it
+    would leave a handful)."""
     feats = {f["id"]: f["latent"] for f in db.features(dictionary, include_dead=False)}
     by_explainer: dict[tuple[str, str], set[int]] = {}
     for e in db.explanations(status="ok"):
-        if e["feature_id"] in feats:
+        if e["feature_id"] in feats and explainer in (None, e["explainer"]):
             by_explainer.setdefault((e["explainer"], e["model"]), set()).add(feats[e["feature_id"]])
     common = set.intersection(*by_explainer.values()) if by_explainer else set()
     return sorted(common)[:n]
@@ -179,7 +182,9 @@ def main() -> None:
     p.add_argument("--db", required=True, help="the copy of RUN/features.db to work on (made when missing)")
     p.add_argument("--json", default=None, help="table and timings (default: DB with suffix .json)")
     p.add_argument("--scorers", default="embedding,detection,fuzzing,simulation")
-    p.add_argument("--features", type=int, default=100, help="first N live features explained by every explainer")
+    p.add_argument("--features", type=int, default=100, help="first N live features explained by --select-by")
+    p.add_argument("--select-by", default="token-enrichment",
+                   help="the explainer whose ok explanations pick the features ('' = every explainer with any)")
     p.add_argument("--endpoint", default=None, help="base URL of an OpenAI-compatible API (default: local model)")
     p.add_argument("--endpoint-model", default=None)
     p.add_argument("--api-key-env", default=None, help="environment variable holding the endpoint's key")
@@ -203,7 +208,7 @@ def main() -> None:
     timings = json.loads(json_path.read_text())["timings"] if json_path.exists() else []
     name = interpret.dictionary_name(dictionary_dir)
     with FeatureDB(db_path) as db:
-        latents = select_latents(db, name, args.features)
+        latents = select_latents(db, name, args.features, args.select_by or None)
     client = None
     for scorer in [s for s in args.scorers.split(",") if s]:
         if scorer != "embedding" and client is None:

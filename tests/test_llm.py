@@ -15,6 +15,7 @@ import torch
 from autointerp.llm import (
     Completion, LocalClient, OpenAICompatibleClient, ResponseCache, TokenLogprobs, backoff_delay,
     parse_retry_after)
+from autointerp.llm.local import _common_prefix_len
 from fake_openai_server import FakeOpenAIServer, Reply
 
 KEY = "sk-test-SECRET-7f3a9c1e5b"
@@ -364,3 +365,19 @@ def test_local_forced_logprobs_cache_budget_and_bad_requests(tiny_model, tmp_pat
         client.forced_logprobs([SHORT], top_logprobs=2)
     with pytest.raises(ValueError, match="top_logprobs"):
         client.forced_logprobs([FORCED_SHORT], top_logprobs=0)
+
+
+def test_local_forced_shared_prefix_equals_unshared(tiny_model):
+    """Rows sharing a long system prompt: computing it once (cache repeated over the batch) gives
+    the same log-probabilities as the full, padded forward pass."""
+    system = {"role": "system", "content": "You judge texts. " * 12}
+    convs = [[system, {"role": "user", "content": u}, {"role": "assistant", "content": a}]
+             for u, a in [("Is this a cat?", "ANSWER: yes"), ("A much longer question about dogs and hills?", "no"),
+                          ("Hm.", '"x"\t0\n"y"\t0\n')]]
+    shared, plain = LocalClient(tiny_model, batch_size=4), LocalClient(tiny_model, batch_size=4)
+    plain.min_shared_prefix = 10**6
+    assert _common_prefix_len([shared.prompt_ids(c[:-1]) for c in convs]) > 40  # the path is taken
+    for a, b in zip(shared.forced_logprobs(convs, top_logprobs=3), plain.forced_logprobs(convs, top_logprobs=3)):
+        assert [t.token for t in a.logprobs] == [t.token for t in b.logprobs]
+        assert [t.logprob for t in a.logprobs] == pytest.approx([t.logprob for t in b.logprobs], abs=1e-4)
+        assert [[x.token for x in t.top] for t in a.logprobs] == [[x.token for x in t.top] for t in b.logprobs]

@@ -10,7 +10,10 @@ answer's ids (tokenised on their own, so the boundary is exact) are left-padded 
 and run through ONE forward pass with explicit ``position_ids = cumsum(mask) - 1`` (a plain
 forward pass, unlike ``generate``, does not derive positions from the mask). Only the last
 ``A + 1`` positions' logits are computed (``logits_to_keep``), ``A`` the longest answer: the
-logits at column ``t`` predict the token at ``t + 1``.
+logits at column ``t`` predict the token at ``t + 1``. The prompt tokens all rows of a batch
+share (a scorer's system prompt and explanation) run once, batch 1, and their key/value cache is
+repeated for every row: the rows' own parts then follow it, left-padded, so the attention mask
+is ``[1 x shared | 0 x pad | 1 x own]`` and positions continue from the shared part.
 
 Log-probabilities come from the raw logits of each generation step
 (``output_logits=True``): ``logprob_t = log_softmax(logits_t)[token_t]``. Raw logits, not
@@ -20,6 +23,7 @@ into something that is not the model's distribution.
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import torch
@@ -35,6 +39,8 @@ class LocalClient(LLMClient):
     supports_forced_logprobs = True
     forced_logit_budget = 4096
     """rows x kept positions per forced forward pass (x vocabulary floats of logits)."""
+    min_shared_prefix = 16
+    """a forced batch whose rows share at least this many prompt tokens computes them once."""
 
     def __init__(self, model, device: str = "cpu", batch_size: int = 8, max_new_tokens: int = 512,
                  cache: ResponseCache | None = None):
@@ -68,6 +74,10 @@ class LocalClient(LLMClient):
         eos = eos if eos is not None else tok.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos])
         self._piece_text: dict[int, str] = {}
+        # transformers 5.x renames forward's `past_key_values` to `cache` (the old name warns, and
+        # goes in 5.40); 4.x knows only the old name
+        self._cache_kwarg = ("cache" if "cache" in inspect.signature(self.hf_model.forward).parameters
+                             else "past_key_values")
 
     def __repr__(self) -> str:
         return f"LocalClient(model={self.model!r}, device={self.device!r}, batch_size={self.batch_size})"
@@ -149,16 +159,33 @@ class LocalClient(LLMClient):
     @torch.inference_mode()
     def _forced_batch(self, pairs: list[tuple[list[int], list[int]]], top_n: int) -> list[Completion]:
         rows = [p + a for p, a in pairs]
-        width = max(map(len, rows))
         keep = max(len(a) for _, a in pairs) + 1
+        # The prompt tokens every row shares (a scorer's rows share the system prompt and the
+        # explanation) run once; the rest of each row attends to their cached keys and values.
+        # Never the last prompt token: each row's own part must hold the position that predicts
+        # its first answer token.
+        shared = _common_prefix_len([p for p, _ in pairs]) if len(rows) > 1 else 0
+        shared = min(shared, min(len(p) for p, _ in pairs) - 1)
+        cache = None
+        if shared >= self.min_shared_prefix:
+            prefix_1P = torch.tensor([rows[0][:shared]], device=self.device)
+            out = self.hf_model(input_ids=prefix_1P, use_cache=True, logits_to_keep=1)
+            cache = getattr(out, "cache", None) or out.past_key_values
+            cache.batch_repeat_interleave(len(rows))
+        else:
+            shared = 0
+        width = max(map(len, rows)) - shared
         ids_BP = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask_BP = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):  # left padding: every answer ends at the last column
-            ids_BP[b, width - len(r):] = torch.tensor(r)
-            mask_BP[b, width - len(r):] = 1
-        pos_BP = (mask_BP.cumsum(-1) - 1).clamp(min=0)
+        mask_BP = torch.zeros((len(rows), shared + width), dtype=torch.long)
+        mask_BP[:, :shared] = 1
+        for b, r in enumerate(rows):  # left padding of each row's own part: every answer ends at the last column
+            own = r[shared:]
+            ids_BP[b, width - len(own):] = torch.tensor(own)
+            mask_BP[b, shared + width - len(own):] = 1
+        pos_BP = (mask_BP.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         logits_BKV = self.hf_model(input_ids=ids_BP.to(self.device), attention_mask=mask_BP.to(self.device),
-                                   position_ids=pos_BP.to(self.device), logits_to_keep=keep).logits
+                                   position_ids=pos_BP.to(self.device), **{self._cache_kwarg: cache},
+                                   use_cache=cache is not None, logits_to_keep=keep).logits
         completions = []
         for b, (_, answer) in enumerate(pairs):
             # column keep-1-len(answer)+t of the kept logits predicts answer token t
@@ -224,3 +251,13 @@ class LocalClient(LLMClient):
             top = ([TokenLogprob(piece(a), v) for v, a in zip(vals_TK[t], ids_TK[t])] if top_n > 0 else [])
             result.append(TokenLogprobs(token=piece(tok), logprob=chosen[t], top=top))
         return result
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the longest prefix all ``seqs`` share."""
+    n = min(map(len, seqs))
+    for i in range(n):
+        first = seqs[0][i]
+        if any(s[i] != first for s in seqs):
+            return i
+    return n
