@@ -363,6 +363,12 @@ def test_local_forced_logprobs_cache_budget_and_bad_requests(tiny_model, tmp_pat
     assert not client.generate(SHORT, max_tokens=2).cached  # a generation is another request
     with pytest.raises(ValueError, match="assistant"):
         client.forced_logprobs([SHORT], top_logprobs=2)
+    # a conversation longer than the model's context fails alone, with the reason; the rest is read
+    huge = [{"role": "user", "content": "cat " * (client.hf_model.config.max_position_embeddings + 10)},
+            {"role": "assistant", "content": "ANSWER: yes"}]
+    over, fine = client.forced_logprobs([huge, FORCED_SHORT], top_logprobs=2)
+    assert over.status == "error" and over.text is None and "context" in over.error
+    assert fine.ok and fine.logprobs == first[1].logprobs
     with pytest.raises(ValueError, match="top_logprobs"):
         client.forced_logprobs([FORCED_SHORT], top_logprobs=0)
 

@@ -132,6 +132,12 @@ class LocalClient(LLMClient):
         pairs = {i: (self.prompt_ids(conversations[i][:-1]),
                      self.tokenizer(conversations[i][-1]["content"], add_special_tokens=False)["input_ids"])
                  for i in todo}
+        limit = getattr(self.hf_model.config, "max_position_embeddings", None)
+        for i in [i for i in todo if limit and sum(map(len, pairs[i])) > limit]:
+            n = sum(map(len, pairs[i]))
+            results[i] = Completion(text=None, status="error", model=self.model,
+                                    error=f"prompt + answer is {n} tokens, over the model's context of {limit}")
+            todo.remove(i)
         todo.sort(key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
         start = 0
         while start < len(todo):
@@ -171,8 +177,11 @@ class LocalClient(LLMClient):
             prefix_1P = torch.tensor([rows[0][:shared]], device=self.device)
             out = self.hf_model(input_ids=prefix_1P, use_cache=True, logits_to_keep=1)
             cache = getattr(out, "cache", None) or out.past_key_values
-            cache.batch_repeat_interleave(len(rows))
-        else:
+            if hasattr(cache, "batch_repeat_interleave"):
+                cache.batch_repeat_interleave(len(rows))
+            else:  # a cache type that cannot be repeated over a batch: no sharing
+                cache = None
+        if cache is None:
             shared = 0
         width = max(map(len, rows)) - shared
         ids_BP = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
