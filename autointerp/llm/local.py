@@ -95,14 +95,7 @@ class LocalClient(LLMClient):
             raise ValueError(
                 f"max_tokens={max_tokens} exceeds this client's max_new_tokens={self.max_new_tokens}")
         params = {"max_tokens": max_tokens, "temperature": temperature, "logprobs": logprobs}
-        results: list[Completion | None] = [None] * len(conversations)
-        todo = []
-        for i, m in enumerate(conversations):
-            hit = self.cache.get(self.model, m, params) if self.cache is not None else None
-            if hit is not None:
-                results[i] = hit
-            else:
-                todo.append(i)
+        results, todo = self._cached(conversations, params)
         # Similar lengths together: less padding per batch.
         prompts = {i: self.prompt_ids(conversations[i]) for i in todo}
         todo.sort(key=lambda i: len(prompts[i]))
@@ -118,9 +111,8 @@ class LocalClient(LLMClient):
                 results[i] = c
         return results
 
-    def forced_logprobs(self, conversations: list[list[Message]], *, top_logprobs: int) -> list[Completion]:
-        validate_forced(conversations, top_logprobs)
-        params = {"forced": True, "top_logprobs": top_logprobs}
+    def _cached(self, conversations: list[list[Message]], params: dict) -> tuple[list[Completion | None], list[int]]:
+        """Cache hits in place (``None`` elsewhere) and the indices still to compute."""
         results: list[Completion | None] = [None] * len(conversations)
         todo = []
         for i, m in enumerate(conversations):
@@ -129,6 +121,12 @@ class LocalClient(LLMClient):
                 results[i] = hit
             else:
                 todo.append(i)
+        return results, todo
+
+    def forced_logprobs(self, conversations: list[list[Message]], *, top_logprobs: int) -> list[Completion]:
+        validate_forced(conversations, top_logprobs)
+        params = {"forced": True, "top_logprobs": top_logprobs}
+        results, todo = self._cached(conversations, params)
         pairs = {i: (self.prompt_ids(conversations[i][:-1]),
                      self.tokenizer(conversations[i][-1]["content"], add_special_tokens=False)["input_ids"])
                  for i in todo}
