@@ -1,8 +1,9 @@
 """Simulation scorer: predict each token's activation from the explanation, correlate with the truth.
 
-For every score-split context (top, quantile and random kinds) the simulator gets ONE prompt
-listing the context's ``N`` tokens, numbered, and must reply with ``N`` integers in 0..10
-separated by spaces (``"0 0 7 10 0"``): its prediction per token, in order. Then
+For every score-split context (top, quantile and random kinds) the simulator gets ONE prompt.
+A model that generates its answer (an endpoint) sees the context's ``N`` tokens, numbered, and
+must reply with ``N`` integers in 0..10 separated by spaces (``"0 0 7 10 0"``): its prediction
+per token, in order; a client that reads a given answer is teacher-forced instead (below). Then
 
     value = correlation_score(true activations, predictions)   (Pearson r over all tokens)
 
