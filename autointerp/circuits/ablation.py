@@ -36,10 +36,10 @@ For either kind:
   of the target; the candidate input positions) that are NOT among the top ``k``, ablated
   together, ``draws`` times (seeded; with a small pool a set can repeat); ``delta_random`` lists
   ``target' - target`` per draw (``random_nodes`` the sets), ``mean_abs_delta_random`` is the
-  mean of ``|target' - target|``. Drawing outside the top set makes the comparison the graph's choice against the nodes it did
-  not choose: with a few candidates (a short prompt's ~10 input tokens, ``k = 5``) a draw from
-  all of them nearly always contains the top node itself, and the check could not fail or pass
-  on the merits. ``k`` is capped at half the candidates, so the pool holds at least ``k``
+  mean of ``|target' - target|``. Drawing outside the top set compares the graph's choice with
+  the nodes it did not choose: with a few candidates (a short prompt's ~10 input tokens,
+  ``k = 5``) a draw from all of them nearly always contains the top node itself, and the check
+  could neither fail nor pass on the merits. ``k`` is capped at half the candidates, so the pool holds at least ``k``
   nodes; with fewer than 2 candidates there is no comparison and ``passed`` is ``None``.
 
 The graph records both, their ratio ``|delta_top| / mean_abs_delta_random`` and ``passed =
@@ -81,7 +81,8 @@ def _compare(tracer, nodes: list, influence: np.ndarray, candidates: list[int], 
              base: float) -> dict:
     """Ablate the ``k`` most influential candidates, and ``k`` random ones ``draws`` times."""
     top = sorted(candidates, key=lambda i: -influence[i])[:k]
-    pool = [i for i in candidates if i not in set(top)]
+    chosen_top = set(top)
+    pool = [i for i in candidates if i not in chosen_top]
     delta_top = _ablated_target(tracer, nodes, top) - base
     rng = np.random.default_rng(seed)
     sets = [rng.choice(pool, size=k, replace=False).tolist() for _ in range(draws)]

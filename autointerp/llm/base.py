@@ -146,10 +146,12 @@ class LLMClient(ABC):
 
         Each conversation must end with an ``assistant`` message: the answer to read. The i-th
         result is an ok :class:`Completion` whose ``text`` is that answer's content and whose
-        ``logprobs`` cover it token by token (the tokens spell ``text`` exactly); at each token
+        ``logprobs`` cover it token by token (their texts spell ``text`` unless a character is split
+        between tokens: callers check, and ASCII answers avoid it); at each token
         ``top`` holds the ``top_logprobs`` most likely tokens at that position given everything
-        before it, i.e. what the model would have written there instead. Transport failures
-        come back as failed completions, as from :meth:`generate`.
+        before it, i.e. what the model would have written there instead. Transport failures, and
+        a conversation longer than the model's context, come back as failed completions, as from
+        :meth:`generate`.
         """
         raise NotImplementedError(f"{type(self).__name__} has no teacher-forced log-probabilities")
 
