@@ -39,8 +39,9 @@ For either kind:
   mean of ``|target' - target|``. Drawing outside the top set compares the graph's choice with
   the nodes it did not choose: with a few candidates (a short prompt's ~10 input tokens,
   ``k = 5``) a draw from all of them nearly always contains the top node itself, and the check
-  could neither fail nor pass on the merits. ``k`` is capped at half the candidates, so the pool holds at least ``k``
-  nodes; with fewer than 2 candidates there is no comparison and ``passed`` is ``None``.
+  could neither fail nor pass on the merits. ``k`` is capped at half the candidates, so the pool
+  holds at least ``k`` nodes; with fewer than 2 candidates there is no comparison and ``passed``
+  is ``None``.
 
 The graph records both, their ratio ``|delta_top| / mean_abs_delta_random`` and ``passed =
 |delta_top| > mean_abs_delta_random``. When the feature check runs, the input check is recorded
