@@ -10,6 +10,12 @@ identical texts is reported too.
 
     python benchmarks/bench_autointerp.py --dictionary runs/demo/dictionaries/blocks.15.hook_out
 
+``--batch-size`` takes several sizes (``1,16,64``): the one-at-a-time run is done once and each
+batched run is compared with it. ``--device cuda`` runs the explainer on a GPU.
+``--save-records FILE`` writes the alive latents' examples as JSON and stops; ``--records FILE``
+reads them instead of streaming the activation cache, so the benchmark can run on a machine
+that holds only the model (``--model`` takes any spec, a ``.gguf`` path included).
+
 ``--scoring``: instead, the teacher-forced LLM scorers (``detection``, ``simulation``) on
 ``--features`` alive latents with the prompt prefix their rows share computed once
 (``LocalClient.min_shared_prefix`` 16, the default) against every row computed in full; reported:
@@ -19,6 +25,7 @@ seconds per feature of each and the ratio, and the largest difference between th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -26,7 +33,7 @@ import time
 
 import torch
 
-from autointerp.examples import collect_examples
+from autointerp.examples import Example, LatentRecord, collect_examples
 from autointerp.explainers import build_explainer
 from autointerp.llm import LocalClient
 from autointerp.models import load_model
@@ -35,43 +42,66 @@ from autointerp.models import load_model
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dictionary", default="runs/demo/dictionaries/blocks.15.hook_out")
+    p.add_argument("--model", default="smollm2-135m", help="explainer model spec (alias, folder or .gguf)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--features", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", default="16", help="one size, or several comma-separated")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--max-examples", type=int, default=6)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--records", help="read the latents' examples from this JSON (from --save-records)")
+    p.add_argument("--save-records", help="write the alive latents' examples to this JSON and stop")
     p.add_argument("--scoring", action="store_true", help="time teacher-forced scoring, shared prefix vs none")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model("smollm2-135m")
-    records = collect_examples(args.dictionary, progress=False, n_top=12, n_random=4)
-    alive = [r for r in records.values() if not r.dead][:args.features]
-    client = LocalClient(model, batch_size=args.batch_size, max_new_tokens=args.max_tokens)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, torch {torch.__version__}"
-    if args.scoring:
-        print(json.dumps({"machine": machine, **scoring(client, model.tokenizer, alive)}, indent=2))
+    sizes = [int(b) for b in args.batch_size.split(",")]
+    if args.records:
+        alive = [_record(d) for d in json.loads(open(args.records).read())][:args.features]
+    else:
+        records = collect_examples(args.dictionary, progress=False, n_top=12, n_random=4)
+        alive = [r for r in records.values() if not r.dead][:args.features]
+    if args.save_records:
+        with open(args.save_records, "w") as f:
+            json.dump([dataclasses.asdict(r) for r in alive], f)
+        print(f"wrote {len(alive)} records to {args.save_records}")
         return
-    explainer = build_explainer("token-activation", client=client, tokenizer=model.tokenizer,
+    client = LocalClient(args.model, device=args.device, batch_size=max(sizes), max_new_tokens=args.max_tokens)
+    tokenizer = client.tokenizer
+    gpu = f", {torch.cuda.get_device_name()}" if client.device.startswith("cuda") else ""
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, torch {torch.__version__}, "
+               f"device {client.device}{gpu}")
+    if args.scoring:
+        client.batch_size = sizes[0]
+        print(json.dumps({"machine": machine, **scoring(client, tokenizer, alive)}, indent=2))
+        return
+    explainer = build_explainer("token-activation", client=client, tokenizer=tokenizer,
                                 max_examples=args.max_examples, max_tokens=args.max_tokens)
     prompts = [explainer.messages(r)[0] for r in alive]
+    client.generate(prompts[0], max_tokens=2)  # warm-up: first-call allocations and kernel choices
 
     t = time.perf_counter()
     single = [client.generate(m, max_tokens=args.max_tokens) for m in prompts]
     t_single = time.perf_counter() - t
-    t = time.perf_counter()
-    batched = client.generate_many(prompts, max_tokens=args.max_tokens)
-    t_batched = time.perf_counter() - t
-
-    same = sum(a.text == b.text for a, b in zip(single, batched)) / len(prompts)
-    res = {
-        "machine": machine,
-        "features": len(prompts), "batch_size": args.batch_size, "max_tokens": args.max_tokens,
-        "one_at_a_time_per_s": len(prompts) / t_single, "batched_per_s": len(prompts) / t_batched,
-        "speedup": t_single / t_batched, "identical_texts": same,
-        "ok": {"single": sum(c.ok for c in single), "batched": sum(c.ok for c in batched)},
-        "example_completion": batched[0].text,
-    }
+    res = {"machine": machine, "model": args.model, "features": len(prompts), "max_tokens": args.max_tokens,
+           "one_at_a_time_per_s": len(prompts) / t_single, "batched": []}
+    for size in sizes:
+        client.batch_size = size
+        t = time.perf_counter()
+        batched = client.generate_many(prompts, max_tokens=args.max_tokens)
+        t_batched = time.perf_counter() - t
+        res["batched"].append({
+            "batch_size": size, "per_s": len(prompts) / t_batched, "speedup": t_single / t_batched,
+            "identical_texts": sum(a.text == b.text for a, b in zip(single, batched)) / len(prompts),
+            "ok": sum(c.ok for c in batched)})
+    res["ok_single"] = sum(c.ok for c in single)
+    res["example_completion"] = single[0].text
     print(json.dumps(res, indent=2))
+
+
+def _record(d: dict) -> LatentRecord:
+    """A :class:`LatentRecord` from its ``dataclasses.asdict`` form."""
+    lists = {k: [Example(**e) for e in d[k]] for k in ("top", "quantiles", "random")}
+    return LatentRecord(**{**d, **lists})
 
 
 def scoring(client: LocalClient, tokenizer, records) -> dict:
