@@ -373,14 +373,16 @@ def test_local_forced_logprobs_cache_budget_and_bad_requests(tiny_model, tmp_pat
         client.forced_logprobs([FORCED_SHORT], top_logprobs=0)
 
 
-def test_local_forced_shared_prefix_equals_unshared(tiny_model):
-    """Rows sharing a long system prompt: computing it once (cache repeated over the batch) gives
-    the same log-probabilities as the full, padded forward pass."""
+@pytest.mark.parametrize("batch_size", [4, 2])
+def test_local_forced_shared_prefix_equals_unshared(tiny_model, batch_size):
+    """Rows sharing a long system prompt: computing it once per call (a copy of its cache repeated
+    over each batch; batch_size 2 splits the call) gives the same log-probabilities as the full,
+    padded forward pass."""
     system = {"role": "system", "content": "You judge texts. " * 12}
     convs = [[system, {"role": "user", "content": u}, {"role": "assistant", "content": a}]
              for u, a in [("Is this a cat?", "ANSWER: yes"), ("A much longer question about dogs and hills?", "no"),
                           ("Hm.", '"x"\t0\n"y"\t0\n')]]
-    shared, plain = LocalClient(tiny_model, batch_size=4), LocalClient(tiny_model, batch_size=4)
+    shared, plain = LocalClient(tiny_model, batch_size=batch_size), LocalClient(tiny_model, batch_size=4)
     plain.min_shared_prefix = 10**6
     assert _common_prefix_len([shared.prompt_ids(c[:-1]) for c in convs]) > 40  # the path is taken
     for a, b in zip(shared.forced_logprobs(convs, top_logprobs=3), plain.forced_logprobs(convs, top_logprobs=3)):

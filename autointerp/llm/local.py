@@ -10,10 +10,11 @@ answer's ids (tokenised on their own, so the boundary is exact) are left-padded 
 and run through ONE forward pass with explicit ``position_ids = cumsum(mask) - 1`` (a plain
 forward pass, unlike ``generate``, does not derive positions from the mask). Only the last
 ``A + 1`` positions' logits are computed (``logits_to_keep``), ``A`` the longest answer: the
-logits at column ``t`` predict the token at ``t + 1``. The prompt tokens all rows of a batch
-share (a scorer's system prompt and explanation) run once, batch 1, and their key/value cache is
-repeated for every row: the rows' own parts then follow it, left-padded, so the attention mask
-is ``[1 x shared | 0 x pad | 1 x own]`` and positions continue from the shared part.
+logits at column ``t`` predict the token at ``t + 1``. The prompt tokens all rows of a call
+share (a scorer's system prompt and explanation) run once per call, batch 1, and a copy of their
+key/value cache is repeated over each batch's rows: the rows' own parts then follow it,
+left-padded, so the attention mask is ``[1 x shared | 0 x pad | 1 x own]`` and positions
+continue from the shared part.
 
 Log-probabilities come from the raw logits of each generation step
 (``output_logits=True``): ``logprob_t = log_softmax(logits_t)[token_t]``. Raw logits, not
@@ -23,6 +24,7 @@ into something that is not the model's distribution.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 
@@ -137,6 +139,9 @@ class LocalClient(LLMClient):
                                     error=f"prompt + answer is {n} tokens, over the model's context of {limit}")
             todo.remove(i)
         todo.sort(key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        t0 = time.monotonic()
+        prefix = self._shared_prefix([pairs[i][0] for i in todo])
+        prefix_latency = (time.monotonic() - t0) / max(len(todo), 1)  # shared among all rows
         start = 0
         while start < len(todo):
             # as many rows as the logit budget allows (at least one), at most batch_size
@@ -148,8 +153,8 @@ class LocalClient(LLMClient):
                 end += 1
             idx = todo[start:end]
             t0 = time.monotonic()
-            outs = self._forced_batch([pairs[i] for i in idx], top_logprobs)
-            latency = (time.monotonic() - t0) / len(idx)
+            outs = self._forced_batch([pairs[i] for i in idx], top_logprobs, prefix)
+            latency = (time.monotonic() - t0) / len(idx) + prefix_latency
             for i, c in zip(idx, outs):
                 # the answer as given; its tokens' texts spell it unless a character was split
                 # between tokens (callers check)
@@ -161,26 +166,30 @@ class LocalClient(LLMClient):
         return results
 
     @torch.inference_mode()
-    def _forced_batch(self, pairs: list[tuple[list[int], list[int]]], top_n: int) -> list[Completion]:
+    def _shared_prefix(self, prompts: list[list[int]]) -> tuple[int, object | None]:
+        """The prompt tokens every row of a call shares, run once: ``(length, key/value cache)``,
+        or ``(0, None)`` when they are fewer than ``min_shared_prefix`` or the cache type cannot
+        be repeated over a batch. Never a row's last prompt token: each row's own part must hold
+        the position that predicts its first answer token."""
+        if len(prompts) < 2:
+            return 0, None
+        shared = min(_common_prefix_len(prompts), min(map(len, prompts)) - 1)
+        if shared < self.min_shared_prefix:
+            return 0, None
+        prefix_1P = torch.tensor([prompts[0][:shared]], device=self.device)
+        out = self.hf_model(input_ids=prefix_1P, use_cache=True, logits_to_keep=1)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        return (shared, cache) if hasattr(cache, "batch_repeat_interleave") else (0, None)
+
+    @torch.inference_mode()
+    def _forced_batch(self, pairs: list[tuple[list[int], list[int]]], top_n: int,
+                      prefix: tuple[int, object | None] = (0, None)) -> list[Completion]:
         rows = [p + a for p, a in pairs]
         keep = max(len(a) for _, a in pairs) + 1
-        # The prompt tokens every row shares (a scorer's rows share the system prompt and the
-        # explanation) run once; the rest of each row attends to their cached keys and values.
-        # Never the last prompt token: each row's own part must hold the position that predicts
-        # its first answer token.
-        shared = _common_prefix_len([p for p, _ in pairs]) if len(rows) > 1 else 0
-        shared = min(shared, min(len(p) for p, _ in pairs) - 1)
-        cache = None
-        if shared >= self.min_shared_prefix:
-            prefix_1P = torch.tensor([rows[0][:shared]], device=self.device)
-            out = self.hf_model(input_ids=prefix_1P, use_cache=True, logits_to_keep=1)
-            cache = getattr(out, "cache", None) or out.past_key_values
-            if hasattr(cache, "batch_repeat_interleave"):
-                cache.batch_repeat_interleave(len(rows))
-            else:  # a cache type that cannot be repeated over a batch: no sharing
-                cache = None
-        if cache is None:
-            shared = 0
+        shared, cache = prefix
+        if cache is not None:  # the call's shared prompt prefix (_shared_prefix), one copy per batch
+            cache = copy.deepcopy(cache)
+            cache.batch_repeat_interleave(len(rows))
         width = max(map(len, rows)) - shared
         ids_BP = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask_BP = torch.zeros((len(rows), shared + width), dtype=torch.long)
