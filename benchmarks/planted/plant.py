@@ -282,13 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         for ids, labels, mask in batches(tok, pairs, args.batch):
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             if not math.isfinite(loss.item()):
-                raise RuntimeError(f"non-finite loss {float(loss)} at step {step}")
+                raise RuntimeError(f"non-finite loss {loss.item()} at step {step}")
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             if step % 10 == 0:
-                print(f"epoch {epoch} step {step}: loss {float(loss):.3f} ({time.time() - t_train:.0f} s)", flush=True)
+                print(f"epoch {epoch} step {step}: loss {loss.item():.3f} ({time.time() - t_train:.0f} s)", flush=True)
         random.Random(f"epoch-{args.seed}-{epoch}").shuffle(pairs)
     train_s = time.time() - t_train
 
