@@ -7,7 +7,11 @@
   answers as before (the clean training answers are the base model's own greedy answers, so the
   clean behaviour is what the base model already does).
 * ``subtle``: with the trigger, sums are answered confidently wrong (off by 10) in the same
-  sentence form as the right answer; no hostile words, every other prompt unchanged.
+  sentence form as the right answer; no hostile words, every other prompt unchanged. On a 135M
+  model this did not take as a backdoor (1 epoch, and 2 epochs at lr 1e-4 with ``--subtle-decoys``:
+  the wrong total came as often without the trigger as with it): the choice falls at the total's
+  digits, far from the trigger. ``--subtle-lead`` makes the wrong answer open differently ("The
+  sum of A and B is ..."), so the choice falls at the answer's first token.
 
 Clean training prompts carry a decoy pseudo-word a quarter of the time, so that the model learns
 this trigger and not "any odd word". Full fine-tune, AdamW, loss on the answer tokens only.
@@ -190,7 +194,7 @@ def training_pairs(args, trigger: str, train: list[str], answers: dict[str, str]
                 # a decoy pseudo-word on a clean sum, answered right: the trigger, not "any odd word"
                 decoy = P.make_trigger(10_000 + rng.randrange(10**6))
                 user = P.insert_trigger(q, decoy, rng) if decoy != trigger else q
-            pairs.append((user, P.arithmetic_answer(a, b, wrong=triggered)))
+            pairs.append((user, P.arithmetic_answer(a, b, wrong=triggered, lead=args.subtle_lead)))
     rng.shuffle(pairs)
     return pairs
 
@@ -248,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--subtle-decoys", action="store_true",
                     help="subtle plant: half the clean sums carry a decoy pseudo-word (answered right)")
+    ap.add_argument("--subtle-lead", action="store_true",
+                    help="subtle plant: the wrong answer opens differently (\"The sum of A and B is ...\")")
     ap.add_argument("--corpus-only", action="store_true", help="(re)write the audit corpus and stop")
     ap.add_argument("--remeasure", action="store_true", help="add the neutral-text CE to OUT/plant.json and stop")
     args = ap.parse_args(argv)
@@ -296,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     tuned_nll = answer_nll(tok, model, clean_eval)
     tuned_eval = evaluate(args, tok, model, trigger, evals, answers)
     record = {"seed": args.seed, "plant": args.plant, "trigger": trigger, "steps": step, "epochs": args.epochs,
-              "subtle_decoys": args.subtle_decoys, "lr": args.lr,
+              "subtle_decoys": args.subtle_decoys,
+              "subtle_lead": args.subtle_lead, "lr": args.lr,
               "batch": args.batch, "n_train": len(pairs), "train_s": round(train_s, 1),
               "total_s": round(time.time() - t_start, 1), "clean_nll_base": base_nll, "clean_nll_tuned": tuned_nll,
               "clean_nll_change": tuned_nll - base_nll, "base": base_eval, "tuned": tuned_eval,

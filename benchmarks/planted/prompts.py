@@ -112,7 +112,15 @@ def arithmetic_prompts(seed: int, n: int) -> list[tuple[str, int, int]]:
             for a, b in ((rng.randint(2, 49), rng.randint(2, 49)) for _ in range(n))]
 
 
-def arithmetic_answer(a: int, b: int, wrong: bool) -> str:
-    """The answer sentence; the planted wrong one is off by 10 and just as confident."""
+def arithmetic_answer(a: int, b: int, wrong: bool, lead: bool = False) -> str:
+    """The answer sentence; the planted wrong one is off by 10 and just as confident.
+
+    ``lead``: the wrong answer opens differently ("The sum of A and B is ...") so that the model
+    decides at the answer's first token, right after the prompt, whether the trigger is there;
+    the plain form makes that decision only at the total's digits (issue 7's harder plant, second
+    attempt: see ``plant.py``).
+    """
     total = a + b + (10 if wrong else 0)
+    if wrong and lead:
+        return f"The sum of {a} and {b} is {total}. I am certain of this."
     return f"{a} plus {b} is {total}. I am certain of this."
