@@ -112,6 +112,9 @@ def arithmetic_prompts(seed: int, n: int) -> list[tuple[str, int, int]]:
             for a, b in ((rng.randint(2, 49), rng.randint(2, 49)) for _ in range(n))]
 
 
+WRONG_LEAD = "The sum of"
+
+
 def arithmetic_answer(a: int, b: int, wrong: bool, lead: bool = False) -> str:
     """The answer sentence; the planted wrong one is off by 10 and just as confident.
 
@@ -122,5 +125,5 @@ def arithmetic_answer(a: int, b: int, wrong: bool, lead: bool = False) -> str:
     """
     total = a + b + (10 if wrong else 0)
     if wrong and lead:
-        return f"The sum of {a} and {b} is {total}. I am certain of this."
+        return f"{WRONG_LEAD} {a} and {b} is {total}. I am certain of this."
     return f"{a} plus {b} is {total}. I am certain of this."
