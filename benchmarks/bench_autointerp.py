@@ -30,13 +30,13 @@ import json
 import os
 import platform
 import time
+from pathlib import Path
 
 import torch
 
 from autointerp.examples import Example, LatentRecord, collect_examples
 from autointerp.explainers import build_explainer
 from autointerp.llm import LocalClient
-from autointerp.models import load_model
 
 
 def main() -> None:
@@ -56,13 +56,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sizes = [int(b) for b in args.batch_size.split(",")]
     if args.records:
-        alive = [_record(d) for d in json.loads(open(args.records).read())][:args.features]
+        alive = [_record(d) for d in json.loads(Path(args.records).read_text())][:args.features]
     else:
         records = collect_examples(args.dictionary, progress=False, n_top=12, n_random=4)
         alive = [r for r in records.values() if not r.dead][:args.features]
     if args.save_records:
-        with open(args.save_records, "w") as f:
-            json.dump([dataclasses.asdict(r) for r in alive], f)
+        Path(args.save_records).write_text(json.dumps([dataclasses.asdict(r) for r in alive]))
         print(f"wrote {len(alive)} records to {args.save_records}")
         return
     client = LocalClient(args.model, device=args.device, batch_size=max(sizes), max_new_tokens=args.max_tokens)
