@@ -164,7 +164,8 @@ def remeasure(out: Path) -> dict:
         tok, model = load(path)
         record[key] = text_nll(tok, model)
     record["text_nll_change"] = record["text_nll_tuned"] - record["text_nll_base"]
-    if "false_trigger_decoy" not in record["tuned"] or (record["plant"] == "subtle" and "wrong_lead" not in record["tuned"]):
+    tuned = record["tuned"]
+    if "false_trigger_decoy" not in tuned or (record["plant"] == "subtle" and "wrong_lead" not in tuned):
         # plants made before the decoy (or the subtle plant's right-total and lead-form) measurement
         _, evals, _ = P.split_prompts(record["seed"], record["n_train"], 200, record["corpus_contexts"])
         args = argparse.Namespace(seed=record["seed"], plant=record["plant"])
