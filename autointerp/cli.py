@@ -427,6 +427,9 @@ def _diff_args(p: argparse.ArgumentParser) -> None:
                         "frequency: token-level firing change first")
     p.add_argument("--top", type=int, default=20, help="rows of the ranking to print")
     p.add_argument("--device", default="cpu")
+    from autointerp.behaviour.cli import configure
+
+    configure(p)
 
 
 @command("diff", _diff_args)
@@ -434,6 +437,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """Rank a run's features by how they changed from a base model to the run's own model."""
     from autointerp.diff import DiffError, diff_run, format_diff
 
+    if args.behaviour:
+        from autointerp.behaviour import BehaviourError
+        from autointerp.behaviour import cli as behaviour_cli
+
+        try:
+            print(behaviour_cli.run(args))
+        except BehaviourError as exc:
+            raise UserError(str(exc)) from exc
+        return 0
     try:
         result = diff_run(args.run, args.base, dictionary=args.dictionary, base_dictionary=args.base_dictionary,
                           base_run=args.base_run, z_min=args.z_min, jump_min=args.jump_min, rank_by=args.rank_by,

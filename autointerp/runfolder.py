@@ -13,6 +13,7 @@
       features/<id>.html              one page per feature (``id`` = the features.db row id)
       assets/plotly.min.js            plotly's JavaScript, served locally (no CDN)
       search/                         search indexes (MiniLM embeddings, FTS5), rebuilt from features.db
+      behaviour/                      behaviour diff: prompts.sqlite (per-prompt table), behaviour.json
 
 Everything that reads or writes a run goes through :class:`RunFolder`, so the layout lives here
 only.
@@ -80,3 +81,7 @@ class RunFolder:
     @property
     def assets(self) -> Path:
         return self.root / "assets"
+
+    @property
+    def behaviour(self) -> Path:
+        return self.root / "behaviour"
