@@ -242,6 +242,14 @@ class Run:
 
         return circuit(self.root, prompt, target, **kwargs)
 
+    def behaviour(self):
+        """The behaviour diff's per-prompt table (``autointerp diff RUN --behaviour``) as a pandas
+        DataFrame, most divergent prompt first; ``autointerp.behaviour.load_behaviour(run)`` gives
+        the shape, the outlying prompts and the explaining features too."""
+        from autointerp.behaviour import load_behaviour
+
+        return load_behaviour(self.root).frame()
+
     def diff(self, base: str | None = None, dictionary: str | None = None) -> list[dict]:
         """The model-diff ranking ``autointerp diff`` stored, rank 1 first (empty when not diffed).
         ``base`` and ``dictionary`` may be left out when the run was diffed against one base model

@@ -336,6 +336,9 @@ def test_cli_behaviour_diff_end_to_end_and_resume(suspect_run, corpus):
     assert result.features and result.features[0]["auroc"] >= 0.9
     assert "feature" in result.features[0] and result.features[0]["causal"] is not None
     assert "feature " in format_behaviour(result) and "(latent " in format_behaviour(result)
+    from autointerp import open_run
+
+    assert open_run(run).behaviour()["prompt"].tolist() == df["prompt"].tolist()
     # a second run computes nothing again: same rows, same table size
     table = run / "behaviour" / "prompts.sqlite"
     before = table.read_bytes()
