@@ -339,6 +339,12 @@ def test_cli_behaviour_diff_end_to_end_and_resume(suspect_run, corpus):
     from autointerp import open_run
 
     assert open_run(run).behaviour()["prompt"].tolist() == df["prompt"].tolist()
+    # the report's section: verdict, the answers side by side (escaped), the features, the histogram
+    from autointerp.report import build_report
+
+    html = build_report(run, progress=False).read_text()
+    assert "<h2>Behaviour diff</h2>" in html and "Shape: concentrated" in html and "fig-behaviour" in html
+    assert "hate hate you fool" in html and f"(latent {result.features[0]['latent']})" in html
     # a second run computes nothing again: same rows, same table size
     table = run / "behaviour" / "prompts.sqlite"
     before = table.read_bytes()

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from autointerp.featuredb import FeatureDB
 from autointerp.report import pages
+from autointerp.report.behaviour import behaviour_section
 from autointerp.report.data import (
     CircuitFile, DecoderViews, DictionaryInfo, StoreData, TokenText, best_explanation, decoder_views,
     load_model_cached, load_tokenizer_cached, ok_explanation, read_circuits, read_diff_summary,
@@ -201,6 +202,8 @@ def report_html(run: RunFolder, store: StoreData, dicts: dict[str, DictionaryInf
     all_expl = [e for rows in store.explanations.values() for e in rows]
     all_scores = [s for rows in store.scores.values() for s in rows]
     score_divs = "".join(f'<div class="plot" id="fig-score-{i}"></div>' for i in range(len(values)))
+    behaviour_html, behaviour_figs = behaviour_section(run, paged)
+    figs.update(behaviour_figs)
     db_note = "" if run.db.exists() else '<p class="muted">No features.db in this run folder yet.</p>'
     body = (f"<h1>autointerp run report</h1><div class=\"muted mono\">{esc(run.root.resolve())}</div>"
             f"<h2>Config</h2>{pages.config_html(run.config)}"
@@ -210,7 +213,7 @@ def report_html(run: RunFolder, store: StoreData, dicts: dict[str, DictionaryInf
             '<div class="plot" id="fig-density"></div>'
             "<h2>Flagged features</h2>" + pages.flagged_html(store.flags, store.by_id, paged,
                                                                   _ok_texts(store, store.flags))
-            + _audit_sections(run, store, paged, list(circuits))
+            + behaviour_html + _audit_sections(run, store, paged, list(circuits))
             + "<h2>Scores against controls</h2>"
             '<p class="note">Each scorer scores an explanation, the explanation of a random other feature '
             "(random explanation) and the no-LLM token-enrichment explanation (baseline) on the same "
