@@ -10,7 +10,7 @@ DEMO_OUT    ?= runs/demo
 DEMO_ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup fetch browser test demo bench clean
+.PHONY: setup fetch browser test test-slow demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,13 @@ browser:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 		|| (sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive sudo apt-get install -y -qq chromium >/dev/null)
 
+# `make test` leaves out the tests marked slow (over a minute each on 2 idle cores: the real-model
+# end-to-end runs of the whole job); `make test-slow` runs them. .ci/run runs both.
 test: fetch browser
-	AUTOINTERP_REQUIRE_BROWSER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	AUTOINTERP_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: fetch
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 # the main job on the embedded defaults: cache -> train -> evaluate -> examples -> explain -> score -> report
 # (resumable: run it again after an interruption; DEMO_ARGS passes overrides, e.g. --train.k 64)

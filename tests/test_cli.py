@@ -32,6 +32,7 @@ def test_hookpoints_lists_names_with_shapes(tiny_model_dir):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_demo_runs_every_stage_on_the_real_model(tmp_path, real_model):
     """`make demo` with a small budget: every stage of `autointerp run` on SmolLM2-135M, from the
     cached activations (checked against plain transformers) to the report."""

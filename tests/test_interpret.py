@@ -161,6 +161,7 @@ def test_cli_explain_and_score(dictionary_dir, tmp_path):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_explain_then_score_on_the_real_model(real_model, tmp_path):
     """The whole path on SmolLM2: cache, train, examples, the baseline and the local LLM explainer
     (the embedded model itself), embedding scores with both controls."""

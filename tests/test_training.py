@@ -82,6 +82,7 @@ def test_bad_inputs(tiny_cache, tmp_path):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_short_run_on_real_activations(real_model, tmp_path_factory):
     """TopK on 24k real SmolLM2 layer-15 tokens: pinned held-out FVU and L0 (tolerance 0.05 / exact k)."""
     root = tmp_path_factory.mktemp("real")
