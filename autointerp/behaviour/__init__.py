@@ -99,7 +99,7 @@ def _run_sources(run: RunFolder, dictionary: str | None) -> dict:
 
 
 def behaviour_diff(run_dir: str | Path, base: str, *, suspect: str | None = None, corpus: str | None = None,
-                   dictionary: str | None = None, n_tokens: int = 8, batch_size: int = 32,
+                   dictionary: str | None = None, n_tokens: int = 8, batch_size: int = 64,
                    max_prompts: int | None = None, n_features: int = 10, causal: int = 3, null: int = 8,
                    device: str = "cpu", force: bool = False, progress: bool = True) -> BehaviourResult:
     """Compute (or resume) the behaviour diff of the run's model against ``base``; store and return it.

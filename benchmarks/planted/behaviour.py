@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("plants", nargs="+", type=Path)
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--tokens", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--features", action="store_true", help="add the feature stage (autointerp run on the suspect)")
     args = ap.parse_args(argv)
