@@ -13,7 +13,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "fire on the outlying prompts are checked causally")
     g.add_argument("--corpus", default=None, help="prompts to answer (default: the run's corpus)")
     g.add_argument("--tokens", type=int, default=8, help="answer tokens per prompt")
-    g.add_argument("--batch-size", type=int, default=64, help="prompts per batch (64: measured fastest of 32 and 64 on 2 CPU cores)")
+    g.add_argument("--batch-size", type=int, default=64,
+                   help="prompts per batch (64: the faster of 32 and 64 measured on 2 CPU cores)")
     g.add_argument("--max-prompts", type=int, default=None, help="the first N prompts of the corpus only")
     g.add_argument("--features", type=int, default=10, help="explaining features to list")
     g.add_argument("--causal", type=int, default=3, help="explaining features given the causal check (0: none)")

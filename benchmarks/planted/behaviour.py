@@ -6,7 +6,8 @@ Per plant (timed, no labels): ``behaviour_diff`` of ``PLANT/model`` against the 
 ``PLANT/corpus.jsonl`` (its user turns; the trigger or the planted topic in ~1% of them, or none
 for the benign nulls), without a dictionary. Then the grading reads ``PLANT/corpus_labels.json``:
 the ranks of the labelled prompts, how many of them are outliers, the shape, the false outliers.
-Writes ``PLANT/behaviour/grade.json`` and prints one line per plant.
+Writes ``PLANT/behaviour/grade.json`` and prints one line per plant. ``wall_s`` times this call
+only: run again on a finished table, it times the re-analysis (``timings_s.divergence`` ~0).
 
 ``--features`` adds the feature stage, as a user runs it: ``autointerp run`` on the suspect (the
 audit's configuration: TopK 2,048 latents at ``blocks.15.hook_out``, the corpus's shared prefix
@@ -27,13 +28,10 @@ from pathlib import Path
 import numpy as np
 
 
-def _detectors() -> dict:
-    from prompts import is_hostile, is_scam
+from prompts import is_hostile, is_scam  # this folder: the script's own
 
-    return {"hostile": is_hostile, "topic": is_scam}
-
-
-DETECTORS = _detectors()
+DETECTORS = {"hostile": is_hostile, "topic": is_scam}
+"""Per plant family: does an answer show the planted behaviour (the families without one: none)."""
 
 
 def grade(plant: Path, base: str, n_tokens: int, batch_size: int) -> dict:
