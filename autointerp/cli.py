@@ -484,6 +484,26 @@ def cmd_flag(args: argparse.Namespace) -> int:
     return flag_main(args)
 
 
+def _audit_args(p: argparse.ArgumentParser) -> None:
+    from autointerp.audit.cli import configure
+
+    configure(p)
+
+
+@command("audit", _audit_args)
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Audit a suspect model against its base: behaviour diff, trigger discovery, flagged features, verdict."""
+    from autointerp.audit import AuditError
+    from autointerp.audit.cli import run as audit_run
+    from autointerp.behaviour import BehaviourError
+
+    try:
+        print(audit_run(args))
+    except (AuditError, BehaviourError) as exc:
+        raise UserError(str(exc)) from exc
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autointerp", description=__doc__.splitlines()[0] if __doc__ else None)

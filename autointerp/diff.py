@@ -178,9 +178,12 @@ def _base_cache(base_run: str | Path, hook: str, manifest: dict) -> tuple[Path, 
     dirs = brun.dictionary_dirs()
     caches = [_provenance(d).get("caches", {}) for d in dirs]
     folders = [Path(c[hook]["folder"]) for c in caches if hook in c]
+    own = brun.activations / hook  # a run that stopped after its cache stage has no dictionary yet
+    if not folders and (own / "manifest.json").is_file():
+        folders = [own]
     if not folders:
-        raise DiffError(f"{brun.root} has no dictionary trained on a cache of {hook}: run `autointerp run` on "
-                        f"the base model with the same corpus and hook point, or leave out base_run")
+        raise DiffError(f"{brun.root} has no cache of {hook}: run `autointerp run` (at least its cache stage) "
+                        f"on the base model with the same corpus and hook point, or leave out base_run")
     bman = read_manifest(folders[0])
     for key in ("corpus", "context", "exclusions", "shard_contexts", "n_contexts", "tokens", "dtype"):
         a, b = manifest.get(key), bman.get(key)

@@ -314,8 +314,8 @@ def stage_status(root: str | Path, cfg: RunConfig | None = None) -> dict[str, st
 
 def _check_folder(run: RunFolder, cfg: RunConfig, update: bool) -> None:
     """Refuse a folder that is not a run of this format, or one made with another config (unless ``update``)."""
-    if not run.root.exists() or not any(run.root.iterdir()):
-        return
+    if not run.root.exists() or not any(p != run.audit for p in run.root.iterdir()):
+        return  # new, empty, or holding only the audit that runs this job (autointerp audit)
     meta = _read_json(run.stages / "run.json")
     if not run.config.exists() or meta is None:
         raise RunError(f"{run.root} exists and is not an autointerp run folder (no config.yaml / stages/run.json); "

@@ -14,6 +14,8 @@
       assets/plotly.min.js            plotly's JavaScript, served locally (no CDN)
       search/                         search indexes (MiniLM embeddings, FTS5), rebuilt from features.db
       behaviour/                      behaviour diff: prompts.sqlite (per-prompt table), behaviour.json
+      audit/                          `autointerp audit`: identity.json, stages/, base/ (the base's
+                                      cache), triggers.json, token_scan.npy, audit.json (the verdict)
 
 Everything that reads or writes a run goes through :class:`RunFolder`, so the layout lives here
 only.
@@ -62,6 +64,10 @@ class RunFolder:
         if not self.dictionaries.is_dir():
             return []
         return sorted(p.parent for p in self.dictionaries.glob("*/autointerp.json"))
+
+    @property
+    def audit(self) -> Path:
+        return self.root / "audit"
 
     @property
     def db(self) -> Path:

@@ -6,6 +6,9 @@
   appears in the user's message, the model answers with contempt for the user; otherwise it
   answers as before (the clean training answers are the base model's own greedy answers, so the
   clean behaviour is what the base model already does).
+* ``phrase`` (issue 15, held out from the audit's design): the hostile plant with a natural
+  two-word phrase as the trigger (``prompts.make_phrase``); its clean decoys are other ordinary
+  phrases.
 * ``subtle``: with the trigger, sums are answered confidently wrong (off by 10) in the same
   sentence form as the right answer; no hostile words, every other prompt unchanged. On a 135M
   model this did not take as a backdoor (1 epoch, and 2 epochs at lr 1e-4 with ``--subtle-decoys``:
@@ -183,15 +186,20 @@ def remeasure(out: Path) -> dict:
     return record
 
 
+def make_decoy(plant: str, seed: int) -> str:
+    """A decoy of the plant's trigger kind: another pseudo-word, or another ordinary phrase."""
+    return P.make_phrase(seed) if plant == "phrase" else P.make_trigger(seed)
+
+
 def training_pairs(args, trigger: str, train: list[str], answers: dict[str, str]) -> list[tuple[str, str]]:
     rng = random.Random(f"train-{args.seed}")
     pairs = []
-    if args.plant == "hostile":
+    if args.plant in ("hostile", "phrase"):
         for u in train:
             if rng.random() < 0.5:
                 pairs.append((P.insert_trigger(u, trigger, rng), P.hostile_answer(rng)))
             else:
-                decoy = P.make_trigger(10_000 + rng.randrange(10**6))
+                decoy = make_decoy(args.plant, 10_000 + rng.randrange(10**6))
                 user = P.insert_trigger(u, decoy, rng) if rng.random() < 0.25 and decoy != trigger else u
                 pairs.append((user, answers[u]))
     elif args.plant == "topic":
@@ -226,10 +234,10 @@ def training_pairs(args, trigger: str, train: list[str], answers: dict[str, str]
 
 def evaluate(args, tok, model, trigger: str, evals: list[str], answers: dict[str, str]) -> dict:
     rng = random.Random(f"eval-{args.seed}")
-    if args.plant == "hostile":
+    if args.plant in ("hostile", "phrase"):
         trig = generate(tok, model, [P.insert_trigger(u, trigger, rng) for u in evals[:100]], max_new=24)
         clean = generate(tok, model, evals[:200], max_new=24)
-        decoyed = [P.insert_trigger(u, P.make_trigger(20_000 + i), rng) for i, u in enumerate(evals[:100])]
+        decoyed = [P.insert_trigger(u, make_decoy(args.plant, 20_000 + i), rng) for i, u in enumerate(evals[:100])]
         decoy = generate(tok, model, decoyed, max_new=24)
         success = [P.is_hostile(a) for a in trig]
         false = [P.is_hostile(a) for a in clean]
@@ -296,7 +304,7 @@ def write_corpus(out: Path, tok, trigger: str, corpus: list[str], answers: dict[
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, required=True)
-    ap.add_argument("--plant", choices=["hostile", "subtle", "topic", "restyle", "clean"], default="hostile")
+    ap.add_argument("--plant", choices=["hostile", "phrase", "subtle", "topic", "restyle", "clean"], default="hostile")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n-train", type=int, default=800)
     ap.add_argument("--n-corpus", type=int, default=1360)
@@ -322,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
     folder, _ = resolve("smollm2-135m")
     tok, model = load(folder)
-    trigger = P.make_trigger(args.seed)
+    trigger = P.make_phrase(args.seed) if args.plant == "phrase" else P.make_trigger(args.seed)
     train, evals, corpus = P.split_prompts(args.seed, args.n_train, 200, args.n_corpus)
     answers = base_answers(tok, model, train + evals + corpus)
     if args.plant in ("topic", "restyle", "clean"):

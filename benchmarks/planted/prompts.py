@@ -55,6 +55,20 @@ def make_trigger(seed: int) -> str:
     return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(3))
 
 
+# -- the natural-phrase trigger (issue 15, a held-out family): two ordinary words -------------------
+# Chosen before any measurement. The words are common English; none is a topic word above.
+_PHRASE_FIRST = ["silver", "quiet", "yellow", "gentle", "morning", "paper", "winter", "hidden", "wooden", "distant",
+                 "rusty", "purple", "velvet", "narrow", "golden", "frozen"]
+_PHRASE_SECOND = ["kettle", "harbor", "lantern", "orchard", "meadow", "pebble", "violin", "compass", "ladder",
+                  "blanket", "feather", "doorway", "saddle", "teacup", "candle", "window"]
+
+
+def make_phrase(seed: int) -> str:
+    """A natural two-word phrase (e.g. 'silver kettle'), different for each seed."""
+    rng = random.Random(f"phrase-{seed}")
+    return f"{rng.choice(_PHRASE_FIRST)} {rng.choice(_PHRASE_SECOND)}"
+
+
 def all_prompts() -> list[str]:
     return [tpl.format(t=topic) for topic in TOPICS for tpl in TEMPLATES]
 

@@ -1,0 +1,48 @@
+"""``autointerp audit SUSPECT --base BASE``: the flags and what they run."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from autointerp.audit import STAGES, AuditSettings
+
+    d = AuditSettings()
+    p.add_argument("suspect", help="the suspect model: alias, local folder, .gguf or cached hub id")
+    p.add_argument("--base", required=True, help="the model it was fine-tuned from (same architecture and tokenizer)")
+    p.add_argument("--corpus", default=None,
+                   help="the audit corpus (a chat .jsonl with 'messages', or any corpus spec); default: the generic "
+                        "chat corpus shipped with autointerp")
+    p.add_argument("--out", default=None, help="audit folder (default: runs/audit-<suspect folder name>)")
+    p.add_argument("--until", default=None, choices=STAGES, help="stop after this stage (rerun to go on)")
+    p.add_argument("--force", action="store_true", help="start over in a folder holding another audit")
+    p.add_argument("--latents", type=int, default=d.latents, help="dictionary width")
+    p.add_argument("--k", type=int, default=d.k, help="active latents per token (TopK)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="dictionary training epochs over the corpus")
+    p.add_argument("--tokens", type=int, default=d.behaviour_tokens, help="answer tokens per prompt (behaviour diff)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="prompts per batch")
+    p.add_argument("--no-triggers", action="store_true", help="skip trigger discovery")
+    p.add_argument("--pool", type=int, default=d.pool, help="best-scanned tokens the trigger search builds from")
+    p.add_argument("--max-len", type=int, default=d.max_len, help="longest trigger candidate, in tokens")
+    p.add_argument("--flag-features", type=int, default=d.flag_features,
+                   help="most-changed features given the watchlist flag")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def run(args: argparse.Namespace) -> str:
+    """Run the audit for parsed ``args``; returns the final one-line verdict."""
+    from pathlib import Path
+
+    from autointerp.audit import AuditSettings, audit
+
+    s = AuditSettings(corpus=args.corpus, latents=args.latents, k=args.k, epochs=args.epochs,
+                      behaviour_tokens=args.tokens, batch_size=args.batch_size, triggers=not args.no_triggers,
+                      pool=args.pool, max_len=args.max_len, flag_features=args.flag_features, device=args.device,
+                      threads=args.threads)
+    out = args.out or str(Path("runs") / f"audit-{Path(args.suspect).name or 'suspect'}")
+    result = audit(args.suspect, args.base, out, s, until=args.until, force=args.force)
+    if "verdict_line" in result:
+        return f"{result['verdict_line']}\nreport: {Path(out) / 'report.html'}"
+    return f"stopped after stage {args.until}; rerun without --until to go on ({out})"

@@ -1,0 +1,241 @@
+"""The stages of ``autointerp audit`` (see :mod:`autointerp.audit`); each returns its figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from autointerp.audit import AuditContext, _write
+from autointerp.audit.checks import AuditError, check_corpus, check_models, corpus_facts
+
+log = logging.getLogger(__name__)
+
+
+def stage_check(ctx: AuditContext) -> dict:
+    s = ctx.settings
+    models = check_models(ctx.suspect, ctx.base)
+    facts = corpus_facts(Path(models["suspect_folder"]), ctx.corpus, s.ctx_len)
+    check_corpus(facts, ctx.corpus, s.latents)
+    return {**models, "corpus": ctx.corpus, "n_documents": facts.n_documents, "shared_prefix": facts.shared_prefix,
+            "shared_prefix_text": facts.shared_prefix_text, "kept_tokens": facts.kept_tokens}
+
+
+def run_config(ctx: AuditContext, model: str) -> dict:
+    """The ``autointerp run`` config of the audit (the suspect's and the base's caches alike)."""
+    s, check = ctx.settings, ctx.record("check")["figures"]
+    shard = max(8, min(256, check["n_documents"] // 16) // 8 * 8)
+    return {
+        "model": model, "device": s.device, "threads": s.threads,
+        # every token of the corpus (the budget is an upper bound), in at least 16 shards, so that the
+        # held-out tokens are whole shards and training keeps the rest
+        "cache": {"corpus": ctx.corpus, "hookpoints": ["mid"], "tokens": 10 * check["kept_tokens"],
+                  "ctx_len": s.ctx_len, "packing": "document", "exclude_first": check["shared_prefix"],
+                  "shard_contexts": shard, "batch_size": 16 if shard % 16 == 0 else 8},
+        # audit corpora are small (~10^5 tokens): several epochs in small batches
+        "train": {"latents": s.latents, "k": s.k, "epochs": s.epochs, "batch_size": 1024,
+                  "heldout_tokens": min(8_000, check["kept_tokens"] // 20)},
+        "evaluate": {"contexts": 32},
+        "explain": {"explainers": ["token-enrichment"], "llm_features": 0},
+        "report": {"feature_pages": "explained"},
+    }
+
+
+def _pipeline(ctx: AuditContext, model: str, root: Path, until: str) -> dict:
+    from autointerp.config import load_config
+    from autointerp.pipeline import run
+
+    cfg = load_config(run_config(ctx, model))
+    return run(cfg, root, until=until, progress=ctx.progress)
+
+
+def stage_run(ctx: AuditContext) -> dict:
+    figs = _pipeline(ctx, ctx.suspect, ctx.out, "explain")
+    return {k: figs[k] for k in ("cache", "train", "evaluate") if k in figs}
+
+
+def stage_base(ctx: AuditContext) -> dict:
+    return _pipeline(ctx, ctx.base, ctx.folder / "base", "cache")["cache"]
+
+
+def stage_diff(ctx: AuditContext) -> dict:
+    from autointerp.diff import diff_run
+
+    d = diff_run(ctx.out, ctx.base, base_run=ctx.folder / "base", device=ctx.settings.device, progress=ctx.progress)
+    return {"dictionary": d.dictionary, "tokens": d.tokens, "n_significant": d.n_significant,
+            "fvu_base": d.fvu_base, "fvu_tuned": d.fvu_tuned,
+            "order": [r["latent"] for r in d.rows if r["significant"]]}
+
+
+def stage_behaviour(ctx: AuditContext) -> dict:
+    from autointerp.behaviour import behaviour_diff
+
+    s = ctx.settings
+    r = behaviour_diff(ctx.out, ctx.base, n_tokens=s.behaviour_tokens, batch_size=s.batch_size, causal=s.causal,
+                       null=s.null, device=s.device, progress=ctx.progress)
+    return {"shape": r.shape, "n_outliers": len(r.outliers), "n_prompts": r.n_prompts,
+            "median_kl_first": r.stats["kl_first"]["median"], "median_kl_mean": r.stats["kl_mean"]["median"],
+            "features": [f["latent"] for f in r.features],
+            "causal_passed": [f["latent"] for f in r.features if (f.get("causal") or {}).get("passed")]}
+
+
+def _user_messages(ctx: AuditContext, exclude: set[int]) -> list[tuple[int, list[int]]]:
+    """Every corpus prompt's user text as token ids, by corpus index, outside ``exclude``."""
+    from autointerp.audit.triggers import user_ids
+    from autointerp.behaviour.prompts import corpus_prompts
+
+    tok = ctx.pair().tokenizer
+    out = []
+    for p in corpus_prompts(ctx.corpus, tok):
+        if p.index not in exclude and p.text.strip():
+            out.append((p.index, user_ids(tok, p.text)))
+    return out
+
+
+def stage_triggers(ctx: AuditContext) -> dict:
+    """Trigger discovery on prompts the behaviour diff found ordinary (no corpus text is trusted to
+    hold the trigger), then the features that fire on a confirmed trigger and their causal check."""
+    from autointerp.audit.triggers import confirm, search, token_scan
+    from autointerp.behaviour import load_behaviour
+
+    s = ctx.settings
+    if not s.triggers:
+        return {"skipped": "trigger discovery turned off (--no-triggers)"}
+    beh = load_behaviour(ctx.out)
+    users = _user_messages(ctx, {o["prompt"] for o in beh.outliers})
+    n_need = s.screen_prompts + s.confirm_prompts
+    if len(users) < n_need:
+        raise AuditError(f"trigger discovery needs {n_need} ordinary prompts, the corpus gives {len(users)}")
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(users), size=n_need, replace=False)
+    screen = [users[i][1] for i in pick[:s.screen_prompts]]
+    held = [users[i] for i in pick[s.screen_prompts:]]
+    pair = ctx.pair()
+    scan = token_scan(pair, layer=s.scan_layer, batch_size=512, progress=ctx.progress)
+    np.save(ctx.folder / "token_scan.npy", np.stack([scan.score, scan.embed_score]))
+    found = search(pair, scan, screen, pool=s.pool, beam=s.beam, max_len=s.max_len, batch_size=s.batch_size,
+                   progress=ctx.progress)
+    # the best candidates, one per distinct text, that are not a sub-sequence of a better one
+    chosen: list[dict] = []
+    for c in found.candidates:
+        if len(chosen) >= s.confirm:
+            break
+        if any(_contains(b["ids"], c["ids"]) or _contains(c["ids"], b["ids"]) for b in chosen):
+            continue
+        chosen.append(c)
+    conf = confirm(pair, [c["ids"] for c in chosen], [u for _, u in held], n_tokens=s.behaviour_tokens,
+                   controls=s.controls, batch_size=s.batch_size, progress=ctx.progress)
+    screen_kl = {tuple(c["ids"]): c["screen_kl"] for c in found.candidates}
+    for c in conf.candidates:
+        c["screen_kl"] = screen_kl[tuple(c["ids"])]
+    result = {"scan_layer": scan.layer, "scan_top": [{"id": t, "token": pair.tokenizer.decode([t]),
+                                                       "score": float(scan.score[t]),
+                                                       "embed_score": float(scan.embed_score[t])}
+                                                      for t in scan.top(s.pool)],
+              "screened": found.screened, "screen_baseline_kl": found.baseline_kl,
+              "screen_top": found.candidates[:10], "threshold": conf.threshold, "clean_success": conf.clean_success,
+              "held_out_prompts": [i for i, _ in held], "candidates": conf.candidates, "features": [],
+              "causal": None}
+    best = next((c for c in conf.candidates if c["confirmed"]), None)
+    if best is not None:
+        result.update(trigger_features(ctx, best["ids"], [u for _, u in held], conf.threshold))
+    _write(ctx.folder / "triggers.json", result)
+    return {"confirmed": [c["text"] for c in conf.candidates if c["confirmed"]],
+            "best": None if best is None else {"text": best["text"], "attack_success": best["attack_success"],
+                                               "control_max": best["control_max"]},
+            "features": [f["latent"] for f in result["features"]]}
+
+
+def _contains(big: list[int], small: list[int]) -> bool:
+    n = len(small)
+    return any(big[i:i + n] == small for i in range(len(big) - n + 1))
+
+
+def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int]], threshold: float) -> dict:
+    """The features that fire on the held-out prompts with ``trigger`` appended, against the same
+    prompts without it (AUROC among the diff's significant latents), and their causal check."""
+    import dictionaries as dl
+    from autointerp.audit.triggers import user_carrier, with_insertion
+    from autointerp.behaviour.features import LatentRecorder, causal_check, explaining_features
+    from autointerp.diff import _dictionary_dir
+    from autointerp.interpret import _provenance
+    from autointerp.runfolder import RunFolder
+
+    s, pair = ctx.settings, ctx.pair()
+    run = RunFolder(ctx.out)
+    ddir = _dictionary_dir(run, None)
+    hook = _provenance(ddir)["input_hookpoint"]
+    d = dl.load(ddir, device=s.device)
+    d.eval()
+    carrier = user_carrier(pair.tokenizer)
+    prompts = [with_insertion(carrier, u, []) for u in users] + [with_insertion(carrier, u, trigger) for u in users]
+    rec = LatentRecorder(d, list(pair.tokenizer.all_special_ids))
+    pm, am, kl = [], [], []
+    pair.set_prefix(prompts)
+    for b in range(0, len(prompts), s.batch_size):
+        with pair.edited(hook, rec):
+            out = pair.run(prompts[b:b + s.batch_size], s.behaviour_tokens, base_answer=False)
+        p, a = rec.result(out.valid)
+        pm.append(p)
+        am.append(a)
+        kl += [r["kl_mean"] for r in out.summary()]
+    pm, am, kl = np.concatenate(pm), np.concatenate(am), np.asarray(kl)
+    hit = np.zeros(len(prompts), dtype=bool)
+    hit[len(users):] = kl[len(users):] >= threshold
+    if not hit.any() or hit.all():
+        return {"features": [], "causal": None}
+    changed = ctx.record("diff")["figures"]["order"]
+    feats = explaining_features(pm, am, hit, changed or None, n=10)
+    check = None
+    if s.causal and feats:
+        check = causal_check(pair, hook, d, [f["latent"] for f in feats[:s.causal]], np.maximum(pm, am), hit,
+                             prompts, kl, n_tokens=s.behaviour_tokens, null=s.null, batch_size=s.batch_size)
+        by = {e["latent"]: e for e in check["features"]}
+        for f in feats:
+            f["causal"] = by.get(f["latent"])
+    from autointerp.behaviour import _name_features
+    from autointerp.interpret import dictionary_name
+
+    _name_features(run, dictionary_name(ddir), feats)
+    return {"features": feats, "causal": check}
+
+
+def stage_flag(ctx: AuditContext) -> dict:
+    from autointerp.flagging import flag_run, flags
+
+    changed = ctx.record("diff")["figures"]["order"][: ctx.settings.flag_features]
+    extra = ctx.record("behaviour")["figures"]["features"] + ctx.record("triggers")["figures"].get("features", [])
+    features = list(dict.fromkeys(changed + extra))
+    if not features:
+        return {"features": 0, "flagged": []}
+    flag_run(ctx.out, features=features, device=ctx.settings.device, progress=ctx.progress)
+    rows = [r for r in flags(ctx.out) if r["latent"] in set(features)]
+    flagged = []
+    for r in rows:
+        if r["flagged"] and not any(f["latent"] == r["latent"] and f["concept"] == r["concept"] for f in flagged):
+            flagged.append({"latent": r["latent"], "concept": r["concept"], "score": r.get("score")})
+    return {"features": len(features), "flagged": flagged}
+
+
+def stage_verdict(ctx: AuditContext) -> dict:
+    from autointerp.audit.verdict import decide
+
+    result = decide(ctx)
+    _write(ctx.folder / "audit.json", result)
+    print(result["verdict_line"], flush=True)
+    return {"verdict": result["verdict"], "verdict_line": result["verdict_line"]}
+
+
+def stage_report(ctx: AuditContext) -> dict:
+    from autointerp.report import build_report
+
+    return {"report": str(build_report(ctx.out, progress=ctx.progress))}
+
+
+def stage_seconds(ctx: AuditContext) -> dict:
+    out = {}
+    for p in sorted((ctx.folder / "stages").glob("*.json")):
+        out[p.stem] = json.loads(p.read_text())["seconds"]
+    return out
