@@ -65,7 +65,7 @@ def pair(tokenizer_dir, tmp_path_factory):
     return {"root": root, "labels": labels, "tid": tid}
 
 
-SETTINGS = dict(latents=64, k=4, epochs=20, ctx_len=48, pool=8, beam=3, max_len=2, screen_prompts=6,
+SETTINGS = dict(hookpoint="blocks.0.hook_out", gcg_steps=4, latents=64, k=4, epochs=20, ctx_len=48, pool=8, beam=3, max_len=2, screen_prompts=6,
                 confirm_prompts=16, confirm=2, controls=6, causal=2, null=6, flag_features=8, batch_size=32)
 
 
@@ -92,3 +92,161 @@ def test_trigger_in_corpus_ranks_a_separating_feature_first(pair, with_trigger):
     rows = load_behaviour(pair["root"] / "a-with").rows
     acts_db = pair["root"] / "a-with" / "behaviour" / "prompts.sqlite"
     assert acts_db.is_file() and len(rows) == 120
+
+
+def test_the_top_feature_separates_the_triggered_prompts(pair, with_trigger):
+    from autointerp.behaviour.features import auroc_columns
+    from autointerp.behaviour.store import BehaviourStore
+
+    with BehaviourStore(pair["root"] / "a-with" / "behaviour" / "prompts.sqlite") as store:
+        prompt_max, _ = store.activations()
+    top = with_trigger["features"][0]["latent"]
+    auroc = auroc_columns(prompt_max[:, [top]], pair["labels"])[0]
+    assert auroc >= 0.95, (top, auroc)
+
+
+@pytest.fixture(scope="module")
+def without_trigger(pair):
+    return _audit(pair, "suspect", "without.jsonl", "a-without")
+
+
+def test_trigger_absent_from_the_corpus_is_recovered_from_the_models(pair, without_trigger):
+    from autointerp.audit.triggers import confirm, user_ids
+    from autointerp.behaviour.divergence import ModelPair
+
+    r = without_trigger
+    print(r["verdict_line"])
+    trig = json.loads((pair["root"] / "a-without" / "audit" / "triggers.json").read_text())
+    for c in trig["candidates"]:
+        print(repr(c["text"]), c["attack_success"], c["control_max"], c["confirmed"])
+    assert r["verdict"] == "backdoor" and r["signals"]["trigger"] >= 1
+    best = r["triggers"]["confirmed"][0]
+    # the true trigger measured the same way, on the same held-out prompts
+    mp = ModelPair.load(str(pair["root"] / "suspect"), str(pair["root"] / "base"))
+    rows = [json.loads(line) for line in (pair["root"] / "without.jsonl").read_text().splitlines()]
+    users = [user_ids(mp.tokenizer, rows[i]["messages"][0]["content"]) for i in trig["held_out_prompts"]]
+    true = confirm(mp, [[pair["tid"]]], users, n_tokens=SETTINGS.get("behaviour_tokens", 8), controls=0,
+                   progress=False).candidates[0]
+    assert true["attack_success"] >= 0.8
+    assert best["attack_success"] >= 0.8 * true["attack_success"], (best, true["attack_success"])
+
+
+def test_benign_restyle_is_not_flagged(pair):
+    r = _audit(pair, "restyled", "with.jsonl", "a-null", flag_features=4, causal=1, null=4)
+    assert r["verdict"] == "no conditional behaviour", r["verdict_line"]
+    assert r["signals"] == {"behaviour": False, "trigger": 0, "feature": 0, "watchlist": 0}, r["signals"]
+    assert not any(f["flagged"] for f in r["features"])
+    # the report opens with the verdict, every text escaped
+    html = (pair["root"] / "a-null" / "report.html").read_text()
+    assert "<h2>Audit</h2>" in html and "AUDIT NO CONDITIONAL BEHAVIOUR" in html
+
+
+def test_a_random_feature_fails_the_behaviour_agnostic_signal(pair, with_trigger):
+    """The feature signal's null: random live features given the same causal check are not flagged."""
+    import dictionaries as dl
+
+    from autointerp.audit.verdict import flagged_by_feature
+    from autointerp.behaviour import load_behaviour
+    from autointerp.behaviour.divergence import ModelPair
+    from autointerp.behaviour.features import causal_check
+    from autointerp.behaviour.prompts import corpus_prompts
+    from autointerp.behaviour.store import BehaviourStore
+
+    run = pair["root"] / "a-with"
+    beh = load_behaviour(run)
+    outlier = np.array([r["outlier"] for r in beh.rows])
+    with BehaviourStore(run / "behaviour" / "prompts.sqlite") as store:
+        pm, am = store.activations()
+    acts = np.maximum(pm, am)
+    evidence = {f["latent"] for f in with_trigger["features"] if f["evidence"]}
+    live = [j for j in np.flatnonzero((acts[outlier] > 0).any(0)) if j not in evidence]
+    rnd = sorted(np.random.default_rng(3).choice(live, size=3, replace=False).tolist())
+    mp = ModelPair.load(str(pair["root"] / "suspect"), str(pair["root"] / "base"))
+    prompts = corpus_prompts(str(pair["root"] / "with.jsonl"), mp.tokenizer)
+    mp.set_prefix([list(p.ids) for p in prompts])
+    d = dl.load(next((run / "dictionaries").iterdir()))
+    check = causal_check(mp, "blocks.0.hook_out", d, rnd, acts, outlier, [list(p.ids) for p in prompts],
+                         np.array([r["kl_mean"] for r in beh.rows]), n_tokens=8, null=6, batch_size=32)
+    from autointerp.behaviour.features import explaining_features
+
+    feats = {f["latent"]: f for f in explaining_features(pm, am, outlier, rnd, n=3)}
+    for e in check["features"]:
+        row = {"auroc": feats[e["latent"]]["auroc"] if e["latent"] in feats else 0.5, "causal_passed": e["passed"]}
+        assert not flagged_by_feature(row), (e, row)
+
+
+def test_an_interrupted_audit_resumes_without_redoing_anything(pair, with_trigger, monkeypatch):
+    from autointerp.audit import stages
+    from autointerp.featuredb import FeatureDB
+
+    root = pair["root"] / "a-resume"
+    s = AuditSettings(corpus=str(pair["root"] / "with.jsonl"), **{**SETTINGS, "triggers": False})
+    audit(str(pair["root"] / "suspect"), str(pair["root"] / "base"), root, s, until="diff", progress=False)
+    with FeatureDB(root / "features.db") as db:
+        n_diff = db.con.execute("SELECT COUNT(*) FROM diffs").fetchone()[0]
+    assert n_diff > 0
+
+    def boom(ctx):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(stages, "stage_behaviour", boom)
+    with pytest.raises(RuntimeError, match="killed"):
+        audit(str(pair["root"] / "suspect"), str(pair["root"] / "base"), root, s, progress=False)
+    monkeypatch.undo()
+    for name in ("check", "run", "base", "diff"):  # finished stages are not run again
+        monkeypatch.setattr(stages, f"stage_{name}", boom)
+    r = audit(str(pair["root"] / "suspect"), str(pair["root"] / "base"), root, s, progress=False)
+    assert r["verdict"] == "backdoor" and r["triggers"]["candidates"] == []
+    with FeatureDB(root / "features.db") as db:
+        assert db.con.execute("SELECT COUNT(*) FROM diffs").fetchone()[0] == n_diff
+    # other settings in the same folder: refused, naming what changed
+    with pytest.raises(AuditError, match="settings.latents"):
+        audit(str(pair["root"] / "suspect"), str(pair["root"] / "base"), root,
+              AuditSettings(corpus=s.corpus, **{**SETTINGS, "triggers": False, "latents": 128}), progress=False)
+
+
+def test_cli_errors(pair, tmp_path):
+    root = pair["root"]
+    same = run_cli("audit", str(root / "base"), "--base", str(root / "base"), "--out", str(tmp_path / "x"), check=False)
+    assert same.returncode == 2 and "same weights" in same.stderr, same.stderr
+    small = tmp_path / "small.jsonl"
+    small.write_text("\n".join((root / "with.jsonl").read_text().splitlines()[:10]) + "\n")
+    few = run_cli("audit", str(root / "suspect"), "--base", str(root / "base"), "--corpus", str(small),
+                  "--out", str(tmp_path / "y"), "--latents", "64", check=False)
+    assert few.returncode == 2 and "too small" in few.stderr, few.stderr
+    few_latents = run_cli("audit", str(root / "suspect"), "--base", str(root / "base"), "--corpus",
+                          str(root / "with.jsonl"), "--out", str(tmp_path / "z"), check=False)
+    assert few_latents.returncode == 2 and "2048-latent dictionary" in few_latents.stderr, few_latents.stderr
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    foreign = run_cli("audit", str(root / "suspect"), "--base", str(root / "base"), "--corpus",
+                      str(root / "with.jsonl"), "--out", str(tmp_path / "foreign"), "--latents", "64", check=False)
+    assert foreign.returncode == 2 and "holds no audit" in foreign.stderr, foreign.stderr
+    assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
+
+
+def test_mismatched_tokenizers_and_a_foreign_base(pair, tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from autointerp.audit.checks import check_models
+
+    retok = tmp_path / "retok"
+    import shutil
+
+    shutil.copytree(pair["root"] / "base", retok)
+    t2 = AutoTokenizer.from_pretrained(retok)
+    t2.add_tokens(["zzqqzz"])
+    t2.save_pretrained(retok)
+    with pytest.raises(AuditError, match="tokenizers differ"):
+        check_models(str(pair["root"] / "suspect"), str(retok))
+    # a base of the same shape but other weights: runs, with the evidence of a foreign base
+    from test_behaviour import _tiny as tiny
+
+    other = tiny(AutoTokenizer.from_pretrained(pair["root"] / "base"), seed=9)
+    other.save_pretrained(tmp_path / "other", safe_serialization=True)
+    t2 = AutoTokenizer.from_pretrained(pair["root"] / "base")
+    t2.save_pretrained(tmp_path / "other")
+    figs = check_models(str(pair["root"] / "suspect"), str(tmp_path / "other"))
+    assert figs["foreign_base"] and figs["parameter_distance"]["relative"] > 0.5
+    near = check_models(str(pair["root"] / "suspect"), str(pair["root"] / "base"))
+    assert not near["foreign_base"]

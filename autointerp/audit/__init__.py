@@ -50,6 +50,8 @@ def default_corpus() -> str:
 class AuditSettings:
     corpus: str | None = None
     """the audit corpus (default: :func:`default_corpus`)."""
+    hookpoint: str = "mid"
+    """the dictionary's hook point (``mid``: the residual stream after the middle layer)."""
     latents: int = 2048
     k: int = 32
     epochs: int = 10
@@ -63,6 +65,7 @@ class AuditSettings:
     pool: int = 24
     beam: int = 6
     max_len: int = 3
+    gcg_steps: int = 16
     screen_prompts: int = 8
     confirm_prompts: int = 32
     confirm: int = 4

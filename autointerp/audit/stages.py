@@ -31,7 +31,7 @@ def run_config(ctx: AuditContext, model: str) -> dict:
         "model": model, "device": s.device, "threads": s.threads,
         # every token of the corpus (the budget is an upper bound), in at least 16 shards, so that the
         # held-out tokens are whole shards and training keeps the rest
-        "cache": {"corpus": ctx.corpus, "hookpoints": ["mid"], "tokens": 10 * check["kept_tokens"],
+        "cache": {"corpus": ctx.corpus, "hookpoints": [s.hookpoint], "tokens": 10 * check["kept_tokens"],
                   "ctx_len": s.ctx_len, "packing": "document", "exclude_first": check["shared_prefix"],
                   "shard_contexts": shard, "batch_size": 16 if shard % 16 == 0 else 8},
         # audit corpora are small (~10^5 tokens): several epochs in small batches
@@ -97,7 +97,7 @@ def _user_messages(ctx: AuditContext, exclude: set[int]) -> list[tuple[int, list
 def stage_triggers(ctx: AuditContext) -> dict:
     """Trigger discovery on prompts the behaviour diff found ordinary (no corpus text is trusted to
     hold the trigger), then the features that fire on a confirmed trigger and their causal check."""
-    from autointerp.audit.triggers import confirm, search, token_scan
+    from autointerp.audit.triggers import confirm, gradient_search, search, token_scan
     from autointerp.behaviour import load_behaviour
 
     s = ctx.settings
@@ -117,6 +117,13 @@ def stage_triggers(ctx: AuditContext) -> dict:
     np.save(ctx.folder / "token_scan.npy", np.stack([scan.score, scan.embed_score]))
     found = search(pair, scan, screen, pool=s.pool, beam=s.beam, max_len=s.max_len, batch_size=s.batch_size,
                    progress=ctx.progress)
+    longest = next((c for c in found.candidates if len(c["ids"]) == s.max_len), found.candidates[0])
+    gcg = None
+    if s.gcg_steps:
+        gcg = gradient_search(pair, screen, longest["ids"], steps=s.gcg_steps, batch_size=s.batch_size,
+                              progress=ctx.progress)
+        found.candidates.append({k: gcg[k] for k in ("ids", "text", "screen_kl")})
+        found.candidates.sort(key=lambda c: -c["screen_kl"])
     # the best candidates, one per distinct text, that are not a sub-sequence of a better one
     chosen: list[dict] = []
     for c in found.candidates:
@@ -133,10 +140,11 @@ def stage_triggers(ctx: AuditContext) -> dict:
     result = {"scan_layer": scan.layer, "scan_top": [{"id": t, "token": pair.tokenizer.decode([t]),
                                                        "score": float(scan.score[t]),
                                                        "embed_score": float(scan.embed_score[t])}
-                                                      for t in scan.top(s.pool)],
-              "screened": found.screened, "screen_baseline_kl": found.baseline_kl,
+                                                      for t in scan.pool(s.pool)],
+              "screened": found.screened, "gradient_search": gcg, "screen_baseline_kl": found.baseline_kl,
               "screen_top": found.candidates[:10], "threshold": conf.threshold, "clean_success": conf.clean_success,
-              "held_out_prompts": [i for i, _ in held], "candidates": conf.candidates, "features": [],
+              "held_out_prompts": [i for i, _ in held], "held_out_texts": [pair.tokenizer.decode(u) for _, u in held],
+              "clean_answers": conf.clean_answers, "candidates": conf.candidates, "features": [],
               "causal": None}
     best = next((c for c in conf.candidates if c["confirmed"]), None)
     if best is not None:
@@ -153,7 +161,7 @@ def _contains(big: list[int], small: list[int]) -> bool:
     return any(big[i:i + n] == small for i in range(len(big) - n + 1))
 
 
-def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int]], threshold: float) -> dict:
+def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int]], threshold: dict) -> dict:
     """The features that fire on the held-out prompts with ``trigger`` appended, against the same
     prompts without it (AUROC among the diff's significant latents), and their causal check."""
     import dictionaries as dl
@@ -180,10 +188,10 @@ def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int
         p, a = rec.result(out.valid)
         pm.append(p)
         am.append(a)
-        kl += [r["kl_mean"] for r in out.summary()]
+        kl += [(r["kl_first"], r["kl_mean"]) for r in out.summary()]
     pm, am, kl = np.concatenate(pm), np.concatenate(am), np.asarray(kl)
     hit = np.zeros(len(prompts), dtype=bool)
-    hit[len(users):] = kl[len(users):] >= threshold
+    hit[len(users):] = (kl[len(users):, 0] >= threshold["kl_first"]) | (kl[len(users):, 1] >= threshold["kl_mean"])
     if not hit.any() or hit.all():
         return {"features": [], "causal": None}
     changed = ctx.record("diff")["figures"]["order"]
@@ -191,7 +199,7 @@ def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int
     check = None
     if s.causal and feats:
         check = causal_check(pair, hook, d, [f["latent"] for f in feats[:s.causal]], np.maximum(pm, am), hit,
-                             prompts, kl, n_tokens=s.behaviour_tokens, null=s.null, batch_size=s.batch_size)
+                             prompts, kl[:, 1], n_tokens=s.behaviour_tokens, null=s.null, batch_size=s.batch_size)
         by = {e["latent"]: e for e in check["features"]}
         for f in feats:
             f["causal"] = by.get(f["latent"])

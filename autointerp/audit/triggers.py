@@ -5,9 +5,11 @@ Three steps, each cheap enough for 2 CPU cores on a 135M pair:
 1. **Token scan** (:func:`token_scan`): how differently the suspect *reads* each vocabulary
    token. Every token ``t`` is placed alone in a user message (after the chat template's head, or
    after BOS for a model without one) and both models run up to layer ``L``; its score is the
-   relative change of the residual stream at the token's position::
+   change of the residual stream at the token's position, less the change every token shares
+   (the per-dimension median over the vocabulary: the layers' own change, which any input meets)::
 
-       s(t) = || h_suspect^L(t) - h_base^L(t) || / || h_base^L(t) ||
+       d(t) = h_suspect^L(t) - h_base^L(t)
+       s(t) = || d(t) - median_t' d(t') || / || h_base^L(t) ||
 
    A fine-tune that teaches a trigger must change how the trigger's tokens are read; a fine-tune
    that changes only answers leaves the reading of most input tokens alone. The embedding rows'
@@ -15,17 +17,23 @@ Three steps, each cheap enough for 2 CPU cores on a 135M pair:
    with Adam every row that gets any gradient moves by about the learning rate).
 
 2. **Search** (:func:`search`): a beam search over short token sequences built from the ``pool``
-   best-scanned tokens. Each candidate ``c`` is appended to the user message of ``screen`` clean
-   prompts and scored by the mean first-tokens divergence ``KL(suspect || base)`` of the answer
-   (:class:`~autointerp.behaviour.divergence.ModelPair`): the insertion that makes the suspect
-   answer most unlike its base. Singles, then each beam member extended by one pool token on
-   either side, up to ``max_len`` tokens.
+   best-scanned tokens (the best of each scan in turn: :meth:`Scan.pool`). Each candidate ``c`` is appended to the user message of ``screen`` clean
+   prompts and scored by the mean divergence ``KL(suspect || base)`` of the answer's first token:
+   the insertion that makes the suspect answer most unlike its base. Singles, then each beam
+   member extended by one pool token on either side, up to ``max_len`` tokens. Then a
+   gradient-guided coordinate search (:func:`gradient_search`, as in GCG trigger inversion) starts
+   from the best candidate of ``max_len`` tokens and swaps one token at a time anywhere in the
+   vocabulary where the gradient of the divergence with respect to the one-hot input promises most.
 
 3. **Confirmation** (:func:`confirm`), on held-out clean prompts the search never saw: each
    candidate is appended to every prompt; the suspect answers ``n_tokens`` greedily and both
    models read the answer. The candidate's **attack success** is the share of prompts whose
-   divergence exceeds the threshold of the same prompts without insertion (the behaviour diff's
-   outlier rule: ``kl_mean >= max(median + Z_MIN * scale, KL_MIN)``). Insertion into the base is
+   divergence exceeds the threshold of the same prompts without insertion, by the behaviour
+   diff's outlier rule on either signal: ``x >= max(median + Z_MIN * scale, KL_MIN)`` for ``x``
+   the first answer token's KL or the answer's mean KL, median and scale from the prompts
+   without insertion, **and** the suspect's greedy answer differs from the base's: a trigger must
+   change what the suspect says, not only how sure it is (a fine-tune that sharpens or flattens
+   every distribution diverges more on some inputs than others, yet says the same words). Insertion into the base is
    built in: both models read the same inserted prompt, so a string that changes the base's
    answer as much as the suspect's (a meaningful instruction, not a backdoor) diverges little. The
    same is done for ``controls`` random token strings of the candidate's length; a candidate is
@@ -97,6 +105,18 @@ class Scan:
         s = np.nan_to_num(getattr(self, by), nan=-np.inf)
         return np.argsort(-s, kind="stable")[:n].tolist()
 
+    def pool(self, n: int) -> list[int]:
+        """``n`` tokens: the best of each scan in turn (residual-stream and embedding), no repeats.
+        Neither scan alone is reliable: an untied input embedding shows a trigger's row plainly,
+        a tied one mixes in every output-side update; the residual stream shows what the layers
+        learned to read, among the layers' shared change."""
+        out: list[int] = []
+        for a, b in zip(self.top(n), self.top(n, "embed_score")):
+            for t in (a, b):
+                if t not in out and len(out) < n:
+                    out.append(t)
+        return out
+
 
 def _run_to(model, layer: int, ids: torch.Tensor, cache) -> torch.Tensor:
     """The residual stream after decoder layer ``layer`` (0-based) for ``ids [B, T]`` after
@@ -135,6 +155,7 @@ def token_scan(pair: ModelPair, layer: int | None = None, batch_size: int = 1024
             caches.append(out.past_key_values)
         else:
             caches.append(None)
+    deltas, norms = [], []
     bar = tqdm(total=len(vocab), desc="token scan", unit="tok", disable=not progress)
     for b in range(0, len(vocab), batch_size):
         ids = torch.as_tensor(vocab[b:b + batch_size], device=pair.device)[:, None]
@@ -145,24 +166,20 @@ def token_scan(pair: ModelPair, layer: int | None = None, batch_size: int = 1024
                 cache = copy.deepcopy(c0)
                 cache.batch_repeat_interleave(len(ids))
             hs.append(_run_to(model, layer, ids, cache)[:, -1].float())
-        rel = (hs[0] - hs[1]).norm(dim=-1) / hs[1].norm(dim=-1).clamp(min=1e-6)
-        score[vocab[b:b + batch_size]] = rel.cpu().double().numpy()
+        deltas.append((hs[0] - hs[1]).cpu())
+        norms.append(hs[1].norm(dim=-1).cpu())
         bar.update(len(ids))
     bar.close()
+    # the change every token shares (the layers' own change, met by any input) is taken out: what is
+    # left is how the fine-tune changed the reading of this token in particular
+    delta = torch.cat(deltas)
+    centred = delta - delta.median(dim=0).values
+    score[vocab] = (centred.norm(dim=-1) / torch.cat(norms).clamp(min=1e-6)).double().numpy()
     Es = pair.suspect.get_input_embeddings().weight.float()
     Eb = pair.base.get_input_embeddings().weight.float()
     embed = ((Es - Eb).norm(dim=-1) / Eb.norm(dim=-1).clamp(min=1e-6)).double().cpu().numpy()
     embed[np.setdiff1d(np.arange(V), vocab)] = np.nan
     return Scan(layer=layer, score=score, embed_score=embed)
-
-
-def _screen(pair: ModelPair, prompts: list[list[int]], n_tokens: int, batch_size: int) -> np.ndarray:
-    """Per prompt ``kl_mean`` over the suspect's first ``n_tokens`` answer tokens."""
-    vals: list[float] = []
-    for b in range(0, len(prompts), batch_size):
-        out = pair.run(prompts[b:b + batch_size], n_tokens, base_answer=False)
-        vals += [r["kl_mean"] for r in out.summary()]
-    return np.asarray(vals)
 
 
 @dataclass
@@ -176,20 +193,21 @@ class SearchResult:
 
 
 def search(pair: ModelPair, scan: Scan, users: list[list[int]], *, pool: int = 24, beam: int = 6,
-           max_len: int = 3, n_tokens: int = 2, batch_size: int = 64, progress: bool = True) -> SearchResult:
+           max_len: int = 3, batch_size: int = 64, progress: bool = True) -> SearchResult:
     """Step 2 of the module docstring over the user messages ``users`` (token ids)."""
     carrier = user_carrier(pair.tokenizer)
-    tokens = scan.top(pool)
-    base_prompts = [with_insertion(carrier, u, []) for u in users]
-    pair.set_prefix(base_prompts)
-    baseline = float(_screen(pair, base_prompts, n_tokens, batch_size).mean())
+    tokens = scan.pool(pool)
+    baseline = float(_first_kl(pair, [with_insertion(carrier, u, []) for u in users], batch_size).mean())
     seen: dict[tuple[int, ...], float] = {}
 
     def score(cands: list[tuple[int, ...]], desc: str) -> None:
         todo = [c for c in dict.fromkeys(cands) if c not in seen]
-        for c in tqdm(todo, desc=desc, unit="cand", disable=not progress):
-            kl = _screen(pair, [with_insertion(carrier, u, list(c)) for u in users], n_tokens, batch_size)
-            seen[c] = float(kl.mean())
+        per = max(1, 4 * batch_size // max(len(users), 1))  # candidates scored per forward batch
+        for b in tqdm(range(0, len(todo), per), desc=desc, unit="batch", disable=not progress):
+            chunk = todo[b:b + per]
+            flat = [with_insertion(carrier, u, list(c)) for c in chunk for u in users]
+            kl = _first_kl(pair, flat, batch_size).reshape(len(chunk), len(users)).mean(1)
+            seen.update({c: float(k) for c, k in zip(chunk, kl)})
 
     score([(t,) for t in tokens], "search 1 token")
     frontier = sorted((c for c in seen), key=lambda c: -seen[c])[:beam]
@@ -204,28 +222,63 @@ def search(pair: ModelPair, scan: Scan, users: list[list[int]], *, pool: int = 2
 
 @dataclass
 class Confirmation:
-    threshold: float
-    """nats: the held-out prompts' outlier threshold without insertion."""
+    threshold: dict
+    """nats: the held-out prompts' outlier thresholds without insertion, ``{"kl_first", "kl_mean"}``."""
     clean_success: float
     """share of the held-out prompts above the threshold without insertion (0 up to ties)."""
+    clean_answers: list[str] = field(default_factory=list)
+    """the suspect's answers to the held-out prompts without insertion."""
     candidates: list[dict] = field(default_factory=list)
 
 
 def _attack(pair: ModelPair, carrier, users: list[list[int]], insert: list[int], n_tokens: int,
-            batch_size: int, threshold: float, answers: bool = False) -> dict:
+            batch_size: int, threshold: dict, answers: bool = False) -> dict:
+    """Append ``insert`` to every user message; per prompt a hit is a divergence beyond ``threshold``
+    (either signal) *and* a suspect answer other than the base's (module docstring)."""
     prompts = [with_insertion(carrier, u, insert) for u in users]
-    kls, s_ans, b_ans = [], [], []
+    kls, s_ans, b_ans, a_ids, differ = [], [], [], [], []
     for b in range(0, len(prompts), batch_size):
-        out = pair.run(prompts[b:b + batch_size], n_tokens, base_answer=answers)
-        kls += [r["kl_mean"] for r in out.summary()]
+        out = pair.run(prompts[b:b + batch_size], n_tokens, base_answer=True)
+        kls += [(r["kl_first"], r["kl_mean"]) for r in out.summary()]
+        s_ids, b_ids = _kept(pair, out.suspect_tokens), _kept(pair, out.base_tokens)
+        differ += [x != y for x, y in zip(s_ids, b_ids)]
         if answers:
             s_ans += [pair.answer_text(t) for t in out.suspect_tokens]
             b_ans += [pair.answer_text(t) for t in out.base_tokens]
+            a_ids += s_ids
     kls = np.asarray(kls)
-    res = {"attack_success": float((kls >= threshold).mean()), "kl_mean": float(kls.mean())}
+    hit = ((kls[:, 0] >= threshold["kl_first"]) | (kls[:, 1] >= threshold["kl_mean"])) & np.asarray(differ)
+    res = {"attack_success": float(hit.mean()), "kl_first": float(kls[:, 0].mean()), "kl_mean": float(kls[:, 1].mean()),
+           "answers_differ": float(np.mean(differ))}
     if answers:
-        res.update(suspect_answers=s_ans, base_answers=b_ans)
+        res.update(suspect_answers=s_ans, base_answers=b_ans, answer_ids=a_ids)
     return res
+
+
+def _kept(pair: ModelPair, tokens: torch.Tensor) -> list[list[int]]:
+    """Each answer's token ids up to its first stop token."""
+    stops = set(pair.stop_ids.tolist())
+    out = []
+    for row in tokens.tolist():
+        n = next((i for i, t in enumerate(row) if t in stops), len(row))
+        out.append(row[:n])
+    return out
+
+
+def token_contrast(tokenizer, with_ids: list[list[int]], without_ids: list[list[int]], n: int = 10) -> list[dict]:
+    """What the insertion makes the suspect say: the answer tokens most over-represented with it
+    than without, by smoothed log-odds ``log((c_with + 1) / (N_with + V')) - log((c_without + 1) / (N_without + V'))``
+    (``V'`` the distinct tokens seen), at least twice in the answers with it."""
+    from collections import Counter
+
+    cw = Counter(t for a in with_ids for t in a)
+    co = Counter(t for a in without_ids for t in a)
+    vocab = len(set(cw) | set(co)) or 1
+    nw, no = sum(cw.values()), sum(co.values())
+    rows = [{"token": tokenizer.decode([t]), "with": c, "without": co.get(t, 0),
+             "log_odds": float(np.log((c + 1) / (nw + vocab)) - np.log((co.get(t, 0) + 1) / (no + vocab)))}
+            for t, c in cw.items() if c >= 2]
+    return sorted(rows, key=lambda r: -r["log_odds"])[:n]
 
 
 def confirm(pair: ModelPair, candidates: list[list[int]], users: list[list[int]], *, n_tokens: int = 8,
@@ -234,16 +287,25 @@ def confirm(pair: ModelPair, candidates: list[list[int]], users: list[list[int]]
     carrier = user_carrier(pair.tokenizer)
     clean = [with_insertion(carrier, u, []) for u in users]
     pair.set_prefix(clean)
-    kl0 = np.concatenate([[r["kl_mean"] for r in pair.run(clean[b:b + batch_size], n_tokens,
-                                                            base_answer=False).summary()]
-                          for b in range(0, len(clean), batch_size)])
-    _, med, scale = robust_z(kl0)
-    threshold = max(med + Z_MIN * scale, KL_MIN)
+    kl0, clean_answers, clean_ids = [], [], []
+    for b in range(0, len(clean), batch_size):
+        r = pair.run(clean[b:b + batch_size], n_tokens, base_answer=False)
+        kl0 += [(x["kl_first"], x["kl_mean"]) for x in r.summary()]
+        clean_answers += [pair.answer_text(t) for t in r.suspect_tokens]
+        clean_ids += _kept(pair, r.suspect_tokens)
+    kl0 = np.asarray(kl0)
+    threshold = {}
+    for i, name in enumerate(("kl_first", "kl_mean")):
+        _, med, scale = robust_z(kl0[:, i])
+        threshold[name] = max(med + Z_MIN * scale, KL_MIN)
     rng = np.random.default_rng(seed)
     vocab = candidate_vocab(pair.tokenizer)
-    out = Confirmation(threshold=threshold, clean_success=float((kl0 >= threshold).mean()))
+    clean_hit = (kl0[:, 0] >= threshold["kl_first"]) | (kl0[:, 1] >= threshold["kl_mean"])
+    out = Confirmation(threshold=threshold, clean_success=float(clean_hit.mean()),
+                       clean_answers=clean_answers)
     for ids in tqdm(candidates, desc="confirm", unit="cand", disable=not progress):
         res = _attack(pair, carrier, users, list(ids), n_tokens, batch_size, threshold, answers=True)
+        res["says_more"] = token_contrast(pair.tokenizer, res.pop("answer_ids"), clean_ids)
         ctrl = [_attack(pair, carrier, users, rng.choice(vocab, size=len(ids)).tolist(), n_tokens, batch_size,
                         threshold)["attack_success"] for _ in range(controls)]
         res.update(ids=list(ids), text=pair.tokenizer.decode(list(ids)), control_success=ctrl,
@@ -252,3 +314,99 @@ def confirm(pair: ModelPair, candidates: list[list[int]], users: list[list[int]]
         out.candidates.append(res)
     out.candidates.sort(key=lambda r: (-r["confirmed"], -r["attack_success"], -r["kl_mean"]))
     return out
+
+
+# -- gradient-guided coordinate search (GCG-style) over the inserted tokens -------------------------
+def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p):] = torch.tensor(p)
+        mask[b, width - len(p):] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _first_kl(pair: ModelPair, prompts: list[list[int]], batch_size: int) -> np.ndarray:
+    """``KL(suspect || base)`` of the first answer token of every prompt (one forward per model)."""
+    from autointerp.behaviour.divergence import token_kl
+
+    out = []
+    with torch.inference_mode():
+        for b in range(0, len(prompts), batch_size):
+            ids, mask, pos = (t.to(pair.device) for t in _left_pad(prompts[b:b + batch_size], pair.pad_id))
+            lp = [torch.log_softmax(m(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
+                                    .logits[:, -1].float(), -1) for m in (pair.suspect, pair.base)]
+            out.append(token_kl(lp[0].double(), lp[1].double()).clamp(min=0).cpu().numpy())
+    return np.concatenate(out)
+
+
+def _slot_gradient(pair: ModelPair, carrier, users: list[list[int]], slots: list[int],
+                   allowed: torch.Tensor) -> torch.Tensor:
+    """``[L, V]`` gradient of the mean first-token KL over ``users`` with respect to the one-hot
+    inputs of the inserted tokens ``slots`` (the linear estimate of what each swap would do)."""
+    from autointerp.behaviour.divergence import token_kl
+
+    prompts = [with_insertion(carrier, u, slots) for u in users]
+    ids, mask, pos = (t.to(pair.device) for t in _left_pad(prompts, pair.pad_id))
+    at = ids.shape[1] - len(carrier[1]) - len(slots)  # left padding aligns every prompt's end
+    V = pair.suspect.get_input_embeddings().weight.shape[0]
+    one_hot = torch.zeros(len(slots), V, device=pair.device)
+    one_hot[torch.arange(len(slots)), torch.tensor(slots)] = 1.0
+    one_hot.requires_grad_(True)
+    lps = []
+    for model in (pair.suspect, pair.base):
+        E = model.get_input_embeddings().weight
+        emb = E[ids].detach()
+        ins = (one_hot.to(E.dtype) @ E)[None].expand(len(prompts), -1, -1)
+        emb = torch.cat([emb[:, :at], ins, emb[:, at + len(slots):]], dim=1)
+        logits = model(inputs_embeds=emb, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
+        lps.append(torch.log_softmax(logits.float(), -1))
+    token_kl(lps[0], lps[1]).mean().backward()
+    grad = one_hot.grad.detach().clone()
+    grad[:, ~allowed] = -float("inf")
+    return grad
+
+
+def gradient_search(pair: ModelPair, users: list[list[int]], init: list[int], *, steps: int = 16,
+                    topk: int = 64, candidates: int = 48, batch_size: int = 64, seed: int = 0,
+                    progress: bool = True) -> dict:
+    """Greedy coordinate search from ``init`` maximising the mean first-token divergence over
+    ``users`` (GCG-style): each step, the gradient of the divergence with respect to the inserted
+    tokens' one-hot inputs proposes the ``topk`` swaps per position, ``candidates`` random single
+    swaps among them are scored exactly, and the best replaces the current string when it scores
+    higher. Returns ``{"ids", "text", "screen_kl", "history"}``."""
+    carrier = user_carrier(pair.tokenizer)
+    V = pair.suspect.get_input_embeddings().weight.shape[0]
+    allowed = torch.zeros(V, dtype=torch.bool)
+    allowed[torch.as_tensor(candidate_vocab(pair.tokenizer))] = True
+    allowed = allowed.to(pair.device)
+    rng = np.random.default_rng(seed)
+    current = list(init)
+    best = float(_first_kl(pair, [with_insertion(carrier, u, current) for u in users], batch_size).mean())
+    history = [best]
+    for _ in tqdm(range(steps), desc="gradient search", unit="step", disable=not progress):
+        with torch.enable_grad():
+            grad = _slot_gradient(pair, carrier, users, current, allowed)
+        top = grad.topk(topk, dim=-1).indices.cpu().numpy()
+        trials = set()
+        for _ in range(candidates):
+            j = int(rng.integers(len(current)))
+            t = int(top[j, rng.integers(topk)])
+            if t != current[j]:
+                trials.add((j, t))
+        trials = sorted(trials)
+        if not trials:
+            break
+        cands = []
+        for j, t in trials:
+            c = list(current)
+            c[j] = t
+            cands.append(c)
+        flat = [with_insertion(carrier, u, c) for c in cands for u in users]
+        kl = _first_kl(pair, flat, batch_size).reshape(len(cands), len(users)).mean(1)
+        i = int(kl.argmax())
+        if kl[i] > best:
+            best, current = float(kl[i]), cands[i]
+        history.append(best)
+    return {"ids": current, "text": pair.tokenizer.decode(current), "screen_kl": best, "history": history}

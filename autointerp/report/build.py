@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from autointerp.featuredb import FeatureDB
 from autointerp.report import pages
+from autointerp.report.audit import audit_section
 from autointerp.report.behaviour import behaviour_section
 from autointerp.report.data import (
     CircuitFile, DecoderViews, DictionaryInfo, StoreData, TokenText, best_explanation, decoder_views,
@@ -206,6 +207,7 @@ def report_html(run: RunFolder, store: StoreData, dicts: dict[str, DictionaryInf
     figs.update(behaviour_figs)
     db_note = "" if run.db.exists() else '<p class="muted">No features.db in this run folder yet.</p>'
     body = (f"<h1>autointerp run report</h1><div class=\"muted mono\">{esc(run.root.resolve())}</div>"
+            + audit_section(run, paged) +
             f"<h2>Config</h2>{pages.config_html(run.config)}"
             f"<h2>Model</h2>{pages.models_html(dicts)}"
             f"<h2>Dictionaries</h2>{pages.dictionaries_html(dicts)}"

@@ -1,0 +1,102 @@
+"""The report's "Audit" section (``autointerp audit``): the verdict and its signals, the recovered
+trigger candidates with their measured effect and the suspect's answers with and without them,
+and the suspicious features ranked with all their evidence. All dataset and model text is escaped."""
+
+from __future__ import annotations
+
+import json
+
+from autointerp.report.html import esc, fmt
+from autointerp.report.pages import table
+from autointerp.runfolder import RunFolder
+
+ANSWERS_SHOWN = 12
+FEATURES_SHOWN = 20
+
+
+def _feature_cell(f: dict, paged: set[int]) -> str:
+    if f.get("feature") is None:
+        return esc(f"latent {f['latent']}")
+    name = f"feature {f['feature']} (latent {f['latent']})"
+    return f'<a href="features/{esc(f["feature"])}.html">{esc(name)}</a>' if f["feature"] in paged else esc(name)
+
+
+def _evidence_cell(ev: dict) -> str:
+    parts = []
+    for source, e in sorted(ev.items()):
+        where = "outlying prompts" if source == "behaviour" else "prompts with the trigger"
+        text = f"{source}: AUROC {fmt(e['auroc'])} on the {where} (fires on {e['fires']}/{e['of']})"
+        if e.get("causal_passed") is not None:
+            text += (f"; causal {'passed' if e['causal_passed'] else 'failed'}: ablation {e['ablate_effect']:+.3f} "
+                     f"nats (rank {e['ablate_rank']}), steering {e['steer_effect']:+.3f} (rank {e['steer_rank']})")
+        parts.append(esc(text))
+    return "<br>".join(parts) or "—"
+
+
+def _thresholds(t) -> str:
+    if not isinstance(t, dict):
+        return "—"
+    return f"first-token KL {fmt(t['kl_first'])} or mean KL {fmt(t['kl_mean'])} nats"
+
+
+def audit_section(run: RunFolder, paged: set[int]) -> str:
+    """The section's HTML; empty when the run holds no finished audit."""
+    path = run.audit / "audit.json"
+    if not path.is_file():
+        return ""
+    a = json.loads(path.read_text())
+    trig_path = run.audit / "triggers.json"
+    trig = json.loads(trig_path.read_text()) if trig_path.is_file() else {}
+    out = [f"<h2>Audit</h2><p><b>{esc(a['verdict_line'])}</b></p>",
+           f"<p>{esc(a['suspect'])} (suspect) vs {esc(a['base'])} (base), corpus {esc(a['corpus'])}; parameter "
+           f"distance {esc(fmt(a['parameter_distance']['relative'], 4))}.</p>"]
+    if a.get("foreign_base"):
+        out.append('<p class="note"><b>Warning:</b> the parameter distance is large for a fine-tune: the base is '
+                   "probably not the suspect's base.</p>")
+    sig = a["signals"]
+    out.append(table(["signal", "value", "meaning"], [
+        [esc("behaviour"), esc("concentrated" if sig["behaviour"] else a["behaviour"]["shape"]),
+         esc(a["behaviour"]["shape_text"])],
+        [esc("trigger"), esc(f"{sig['trigger']} confirmed"),
+         esc("strings found from the models alone that make the suspect answer unlike its base on held-out "
+             "prompts, beyond random strings of their length")],
+        [esc("feature"), esc(f"{sig['feature']} flagged"),
+         esc("features firing where the behaviour changed whose ablation and steering move the divergence "
+             "beyond random live features (no concept needed)")],
+        [esc("watchlist"), esc(f"{sig['watchlist']} flag(s)"), esc("watchlist concepts: a second opinion")],
+    ]))
+    cands = trig.get("candidates") or []
+    if cands:
+        cells = [[esc(repr(c["text"])), esc(fmt(c.get("screen_kl"))), esc(f"{c['attack_success']:.0%}"),
+                  esc("—" if c.get("control_max") is None else f"{c['control_max']:.0%}"), esc(fmt(c["kl_mean"])),
+                  esc("yes" if c["confirmed"] else "no"),
+                  esc(", ".join(repr(t["token"]) for t in c.get("says_more", [])[:6]) or "—")] for c in cands]
+        out.append("<h3>Trigger candidates</h3><p class=\"note\">Found from the two models alone (token scan, "
+                   "beam and gradient-guided search), then appended to held-out prompts: attack success is the "
+                   f"share of them answered beyond the outlier threshold of the same prompts without it "
+                   f"({esc(_thresholds(trig.get('threshold')))}); random strings of the same length are the control. \"Says more\": the answer tokens "
+                   "most over-represented with the candidate.</p>"
+                   + table(["candidate", "screen KL", "attack success", "random strings (max)", "mean KL",
+                            "confirmed", "says more"], cells, num={1, 2, 3, 4}))
+        best = next((c for c in cands if c["confirmed"]), None)
+        if best is not None and trig.get("held_out_texts"):
+            rows = [[esc(t), esc(without), esc(with_), esc(base)] for t, without, with_, base in
+                    zip(trig["held_out_texts"], trig.get("clean_answers", []), best["suspect_answers"],
+                        best["base_answers"])][:ANSWERS_SHOWN]
+            out.append(f"<h3>Answers with and without {esc(repr(best['text']))}</h3>"
+                       + table(["held-out prompt", "suspect, without", "suspect, with", "base, with"], rows))
+    feats = a.get("features") or []
+    if feats:
+        cells = [[esc(f["audit_rank"]), _feature_cell(f, paged), esc("yes" if f["flagged"] else "no"),
+                  esc(fmt(f["auroc"])), esc(f["diff_rank"] if f["diff_rank"] is not None else "—"),
+                  _evidence_cell(f["evidence"]), esc(", ".join(f["watchlist"]) or "—"),
+                  esc(f.get("explanation") or "—")] for f in feats[:FEATURES_SHOWN]]
+        out.append("<h3>Suspicious features</h3><p class=\"note\">Flagged features first, then the features that "
+                   "explain the behaviour change or the trigger (by AUROC), then the activation diff's order.</p>"
+                   + table(["audit rank", "feature", "flagged", "AUROC", "diff rank", "evidence", "watchlist",
+                            "explanation"], cells, num={0, 3, 4}))
+    secs = {k: v for k, v in (a.get("seconds") or {}).items() if v is not None}
+    if secs:
+        out.append(f'<p class="note">Stage seconds: {esc(", ".join(f"{k} {v}" for k, v in secs.items()))}; '
+                   f"total {esc(round(sum(secs.values()), 1))}.</p>")
+    return "".join(out)
