@@ -21,7 +21,7 @@ import torch
 from helpers import REPO, tiny_run_config
 
 sys.path.insert(0, str(REPO / "benchmarks" / "planted"))
-from audit import auroc_columns, context_max  # noqa: E402
+from grading import auroc_columns, context_max  # noqa: E402
 from prompts import make_trigger  # noqa: E402
 
 from autointerp.config import load_config  # noqa: E402

@@ -70,7 +70,7 @@ def grade(plant: Path, base: str, n_tokens: int, batch_size: int) -> dict:
 
 def grade_features(plant: Path, base: str, n_tokens: int, batch_size: int, threads: int) -> dict:
     import yaml
-    from audit import SEPARATES, auroc_columns, context_max, run_config, sh, shared_prefix_positions
+    from grading import SEPARATES, auroc_columns, context_max, run_config, sh, shared_prefix_positions
 
     from autointerp.behaviour import behaviour_diff
     from autointerp.diff import diff_run
