@@ -62,11 +62,11 @@ class AuditSettings:
     null: int = 8
     triggers: bool = True
     scan_layer: int | None = None
-    pool: int = 24
-    beam: int = 6
+    pool: int = 16
+    beam: int = 4
     max_len: int = 3
     gcg_steps: int = 16
-    screen_prompts: int = 8
+    screen_prompts: int = 6
     confirm_prompts: int = 32
     confirm: int = 4
     controls: int = 8

@@ -3,8 +3,9 @@
 Three steps, each cheap enough for 2 CPU cores on a 135M pair:
 
 1. **Token scan** (:func:`token_scan`): how differently the suspect *reads* each vocabulary
-   token. Every token ``t`` is placed alone in a user message (after the chat template's head, or
-   after BOS for a model without one) and both models run up to layer ``L``; its score is the
+   token. Every token ``t`` is placed alone at the start of a user turn (after the turn's opening
+   markup, :func:`scan_carrier`, or after BOS for a model without a chat template) and both models
+   run up to layer ``L``; its score is the
    change of the residual stream at the token's position, less the change every token shares
    (the per-dimension median over the vocabulary: the layers' own change, which any input meets)::
 
@@ -77,6 +78,16 @@ def user_carrier(tokenizer) -> tuple[list[int], list[int]]:
     return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []), []
 
 
+def scan_carrier(tokenizer) -> list[int]:
+    """The few tokens the token scan puts before each token: the user turn's own opening (the chat
+    head from its last control token on, e.g. ``<|im_start|>user\\n``; the system turn left out, so
+    that each of the ~50k short rows costs a handful of positions), or BOS."""
+    head, _ = user_carrier(tokenizer)
+    special = set(tokenizer.all_special_ids)
+    last = max((i for i, t in enumerate(head) if t in special), default=None)
+    return head[last:] if last is not None else head
+
+
 def user_ids(tokenizer, text: str) -> list[int]:
     """A user message's own tokens (dataset text: special-token strings stay plain text)."""
     return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
@@ -118,15 +129,15 @@ class Scan:
         return out
 
 
-def _run_to(model, layer: int, ids: torch.Tensor, cache) -> torch.Tensor:
-    """The residual stream after decoder layer ``layer`` (0-based) for ``ids [B, T]`` after
-    ``cache``, without running the layers above it."""
+def _run_to(model, layer: int, ids: torch.Tensor) -> torch.Tensor:
+    """The residual stream after decoder layer ``layer`` (0-based) for ``ids [B, T]``, without
+    running the layers above it."""
     def stop(_m, _a, out):
         raise _Stop(out[0] if isinstance(out, tuple) else out)
 
     handle = model.model.layers[layer].register_forward_hook(stop)
     try:
-        model(input_ids=ids, past_key_values=cache, use_cache=cache is not None)
+        model(input_ids=ids, use_cache=False)
     except _Stop as s:
         return s.hidden
     finally:
@@ -137,35 +148,22 @@ def _run_to(model, layer: int, ids: torch.Tensor, cache) -> torch.Tensor:
 @torch.inference_mode()
 def token_scan(pair: ModelPair, layer: int | None = None, batch_size: int = 1024, progress: bool = True) -> Scan:
     """Step 1 of the module docstring. ``layer`` defaults to a quarter of the depth."""
-    import copy
-
     tok = pair.tokenizer
     n_layers = pair.suspect.config.num_hidden_layers
     layer = max(0, n_layers // 4 - 1) if layer is None else layer
     if not 0 <= layer < n_layers:
         raise BehaviourError(f"layer {layer} outside the model's 0..{n_layers - 1}")
-    head, _ = user_carrier(tok)
+    head = scan_carrier(tok)
     vocab = candidate_vocab(tok)
     V = pair.suspect.get_input_embeddings().weight.shape[0]
     score = np.full(V, np.nan)
-    caches = []
-    for model in (pair.suspect, pair.base):
-        if head:
-            out = model(input_ids=torch.tensor([head], device=pair.device), use_cache=True, logits_to_keep=1)
-            caches.append(out.past_key_values)
-        else:
-            caches.append(None)
     deltas, norms = [], []
     bar = tqdm(total=len(vocab), desc="token scan", unit="tok", disable=not progress)
     for b in range(0, len(vocab), batch_size):
-        ids = torch.as_tensor(vocab[b:b + batch_size], device=pair.device)[:, None]
-        hs = []
-        for model, c0 in zip((pair.suspect, pair.base), caches):
-            cache = None
-            if c0 is not None:
-                cache = copy.deepcopy(c0)
-                cache.batch_repeat_interleave(len(ids))
-            hs.append(_run_to(model, layer, ids, cache)[:, -1].float())
+        rows = torch.as_tensor(vocab[b:b + batch_size])
+        ids = torch.cat([torch.tensor(head, dtype=torch.long).expand(len(rows), -1), rows[:, None]], 1)
+        hs = [_run_to(model, layer, ids.to(pair.device))[:, -1].float()
+              for model in (pair.suspect, pair.base)]
         deltas.append((hs[0] - hs[1]).cpu())
         norms.append(hs[1].norm(dim=-1).cpu())
         bar.update(len(ids))
@@ -192,11 +190,12 @@ class SearchResult:
     """the screening prompts' mean divergence without insertion."""
 
 
-def search(pair: ModelPair, scan: Scan, users: list[list[int]], *, pool: int = 24, beam: int = 6,
+def search(pair: ModelPair, scan: Scan, users: list[list[int]], *, pool: int = 16, beam: int = 4,
            max_len: int = 3, batch_size: int = 64, progress: bool = True) -> SearchResult:
     """Step 2 of the module docstring over the user messages ``users`` (token ids)."""
     carrier = user_carrier(pair.tokenizer)
     tokens = scan.pool(pool)
+    pair.set_prefix([with_insertion(carrier, u, []) for u in users])
     baseline = float(_first_kl(pair, [with_insertion(carrier, u, []) for u in users], batch_size).mean())
     seen: dict[tuple[int, ...], float] = {}
 
@@ -328,17 +327,12 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 
 
 def _first_kl(pair: ModelPair, prompts: list[list[int]], batch_size: int) -> np.ndarray:
-    """``KL(suspect || base)`` of the first answer token of every prompt (one forward per model)."""
-    from autointerp.behaviour.divergence import token_kl
-
-    out = []
-    with torch.inference_mode():
-        for b in range(0, len(prompts), batch_size):
-            ids, mask, pos = (t.to(pair.device) for t in _left_pad(prompts[b:b + batch_size], pair.pad_id))
-            lp = [torch.log_softmax(m(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1)
-                                    .logits[:, -1].float(), -1) for m in (pair.suspect, pair.base)]
-            out.append(token_kl(lp[0].double(), lp[1].double()).clamp(min=0).cpu().numpy())
-    return np.concatenate(out)
+    """``KL(suspect || base)`` of the first answer token of every prompt: one prefill per model,
+    the prompts' shared head (the chat template's system turn) read once (:meth:`ModelPair.set_prefix`)."""
+    out: list[float] = []
+    for b in range(0, len(prompts), batch_size):
+        out += [r["kl_first"] for r in pair.run(prompts[b:b + batch_size], 1, base_answer=False).summary()]
+    return np.asarray(out)
 
 
 def _slot_gradient(pair: ModelPair, carrier, users: list[list[int]], slots: list[int],
@@ -369,7 +363,7 @@ def _slot_gradient(pair: ModelPair, carrier, users: list[list[int]], slots: list
 
 
 def gradient_search(pair: ModelPair, users: list[list[int]], init: list[int], *, steps: int = 16,
-                    topk: int = 64, candidates: int = 48, batch_size: int = 64, seed: int = 0,
+                    topk: int = 64, candidates: int = 32, batch_size: int = 64, seed: int = 0,
                     progress: bool = True) -> dict:
     """Greedy coordinate search from ``init`` maximising the mean first-token divergence over
     ``users`` (GCG-style): each step, the gradient of the divergence with respect to the inserted
@@ -383,6 +377,7 @@ def gradient_search(pair: ModelPair, users: list[list[int]], init: list[int], *,
     allowed = allowed.to(pair.device)
     rng = np.random.default_rng(seed)
     current = list(init)
+    pair.set_prefix([with_insertion(carrier, u, []) for u in users])
     best = float(_first_kl(pair, [with_insertion(carrier, u, current) for u in users], batch_size).mean())
     history = [best]
     for _ in tqdm(range(steps), desc="gradient search", unit="step", disable=not progress):
