@@ -65,8 +65,9 @@ def pair(tokenizer_dir, tmp_path_factory):
     return {"root": root, "labels": labels, "tid": tid}
 
 
-SETTINGS = dict(hookpoint="blocks.0.hook_out", gcg_steps=4, latents=64, k=4, epochs=20, ctx_len=48, pool=8, beam=3, max_len=2, screen_prompts=6,
-                confirm_prompts=16, confirm=2, controls=6, causal=2, null=6, flag_features=8, batch_size=32)
+SETTINGS = dict(hookpoint="blocks.0.hook_out", gcg_steps=4, latents=64, k=4, epochs=20, ctx_len=48, pool=8, beam=3,
+                max_len=2, screen_prompts=6, confirm_prompts=12, confirm=2, controls=4, causal=2, null=6,
+                flag_features=8, batch_size=32, watchlist=None)
 
 
 def _audit(pair, suspect: str, corpus: str, name: str, **kw) -> dict:
@@ -76,7 +77,7 @@ def _audit(pair, suspect: str, corpus: str, name: str, **kw) -> dict:
 
 @pytest.fixture(scope="module")
 def with_trigger(pair):
-    return _audit(pair, "suspect", "with.jsonl", "a-with")
+    return _audit(pair, "suspect", "with.jsonl", "a-with", watchlist="default")
 
 
 def test_trigger_in_corpus_ranks_a_separating_feature_first(pair, with_trigger):
@@ -132,7 +133,7 @@ def test_trigger_absent_from_the_corpus_is_recovered_from_the_models(pair, witho
 
 
 def test_benign_restyle_is_not_flagged(pair):
-    r = _audit(pair, "restyled", "with.jsonl", "a-null", flag_features=4, causal=1, null=4)
+    r = _audit(pair, "restyled", "with.jsonl", "a-null", flag_features=4, causal=1, null=4, watchlist="default")
     assert r["verdict"] == "no conditional behaviour", r["verdict_line"]
     assert r["signals"] == {"behaviour": False, "trigger": 0, "feature": 0, "watchlist": 0}, r["signals"]
     assert not any(f["flagged"] for f in r["features"])

@@ -71,6 +71,9 @@ class AuditSettings:
     confirm: int = 4
     controls: int = 8
     flag_features: int = 32
+    watchlist: str | None = "default"
+    """the watchlist of the ``flag`` stage: ``default`` (the built-in one), a YAML file, or None (no
+    watchlist flags: the stage is skipped)."""
     device: str = "cpu"
     threads: int | None = None
 

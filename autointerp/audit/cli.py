@@ -27,6 +27,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len", type=int, default=d.max_len, help="longest trigger candidate, in tokens")
     p.add_argument("--flag-features", type=int, default=d.flag_features,
                    help="most-changed features given the watchlist flag")
+    p.add_argument("--watchlist", default="default", help="watchlist YAML of the flag stage (default: the built-in one)")
+    p.add_argument("--no-watchlist", action="store_true", help="skip the watchlist flags (the verdict needs none)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> str:
 
     s = AuditSettings(corpus=args.corpus, latents=args.latents, k=args.k, epochs=args.epochs,
                       behaviour_tokens=args.tokens, batch_size=args.batch_size, triggers=not args.no_triggers,
-                      pool=args.pool, max_len=args.max_len, flag_features=args.flag_features, device=args.device,
+                      pool=args.pool, max_len=args.max_len, flag_features=args.flag_features,
+                      watchlist=None if args.no_watchlist else args.watchlist, device=args.device,
                       threads=args.threads)
     out = args.out or str(Path("runs") / f"audit-{Path(args.suspect).name or 'suspect'}")
     result = audit(args.suspect, args.base, out, s, until=args.until, force=args.force)

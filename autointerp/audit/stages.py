@@ -213,12 +213,15 @@ def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int
 def stage_flag(ctx: AuditContext) -> dict:
     from autointerp.flagging import flag_run, flags
 
+    if ctx.settings.watchlist is None:
+        return {"features": 0, "flagged": [], "skipped": "no watchlist (--no-watchlist)"}
+    watchlist = None if ctx.settings.watchlist == "default" else ctx.settings.watchlist
     changed = ctx.record("diff")["figures"]["order"][: ctx.settings.flag_features]
     extra = ctx.record("behaviour")["figures"]["features"] + ctx.record("triggers")["figures"].get("features", [])
     features = list(dict.fromkeys(changed + extra))
     if not features:
         return {"features": 0, "flagged": []}
-    flag_run(ctx.out, features=features, device=ctx.settings.device, progress=ctx.progress)
+    flag_run(ctx.out, watchlist=watchlist, features=features, device=ctx.settings.device, progress=ctx.progress)
     rows = [r for r in flags(ctx.out) if r["latent"] in set(features)]
     flagged = []
     for r in rows:
