@@ -22,9 +22,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs, help="dictionary training epochs over the corpus")
     p.add_argument("--tokens", type=int, default=d.behaviour_tokens, help="answer tokens per prompt (behaviour diff)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="prompts per batch")
+    p.add_argument("--causal", type=int, default=d.causal,
+                   help="explaining features (of the behaviour change, of a confirmed trigger) given the causal check")
+    p.add_argument("--null", type=int, default=d.null, help="random live features of the causal check's null")
     p.add_argument("--no-triggers", action="store_true", help="skip trigger discovery")
     p.add_argument("--pool", type=int, default=d.pool, help="best-scanned tokens the trigger search builds from")
     p.add_argument("--max-len", type=int, default=d.max_len, help="longest trigger candidate, in tokens")
+    p.add_argument("--scan-layer", type=int, default=None,
+                   help="layer of the token scan's residual stream (default: a quarter of the depth)")
+    p.add_argument("--gcg-steps", type=int, default=d.gcg_steps, help="gradient-guided search steps (0: none)")
+    p.add_argument("--confirm-prompts", type=int, default=d.confirm_prompts,
+                   help="held-out prompts each trigger candidate is confirmed on")
+    p.add_argument("--controls", type=int, default=d.controls, help="random strings per candidate (the control)")
     p.add_argument("--flag-features", type=int, default=d.flag_features,
                    help="most-changed features given the watchlist flag")
     p.add_argument("--watchlist", default="default", help="watchlist YAML of the flag stage (default: the built-in one)")
@@ -40,8 +49,10 @@ def run(args: argparse.Namespace) -> str:
     from autointerp.audit import AuditSettings, audit
 
     s = AuditSettings(corpus=args.corpus, latents=args.latents, k=args.k, epochs=args.epochs,
-                      behaviour_tokens=args.tokens, batch_size=args.batch_size, triggers=not args.no_triggers,
-                      pool=args.pool, max_len=args.max_len, flag_features=args.flag_features,
+                      behaviour_tokens=args.tokens, batch_size=args.batch_size, causal=args.causal, null=args.null,
+                      triggers=not args.no_triggers,
+                      pool=args.pool, max_len=args.max_len, scan_layer=args.scan_layer, gcg_steps=args.gcg_steps,
+                      confirm_prompts=args.confirm_prompts, controls=args.controls, flag_features=args.flag_features,
                       watchlist=None if args.no_watchlist else args.watchlist, device=args.device,
                       threads=args.threads)
     out = args.out or str(Path("runs") / f"audit-{Path(args.suspect).name or 'suspect'}")
