@@ -26,7 +26,6 @@ or other models is refused (``force`` starts over).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -181,6 +180,3 @@ def load_audit(out: str | Path) -> dict:
         raise AuditError(f"{out} holds no finished audit ({path} missing)")
     return json.loads(path.read_text())
 
-
-def settings_hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]

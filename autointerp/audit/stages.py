@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -244,9 +243,3 @@ def stage_report(ctx: AuditContext) -> dict:
 
     return {"report": str(build_report(ctx.out, progress=ctx.progress))}
 
-
-def stage_seconds(ctx: AuditContext) -> dict:
-    out = {}
-    for p in sorted((ctx.folder / "stages").glob("*.json")):
-        out[p.stem] = json.loads(p.read_text())["seconds"]
-    return out
