@@ -23,7 +23,7 @@ from test_behaviour_real import SEED, _plant  # noqa: E402
 
 from autointerp.audit import default_corpus  # noqa: E402
 
-pytestmark = [pytest.mark.real_model, pytest.mark.slow]  # ~5 min on 2 idle cores: make test-slow
+pytestmark = [pytest.mark.real_model, pytest.mark.slow]  # 3 min 7 s on 2 idle cores: make test-slow
 
 
 @pytest.fixture(scope="module")
