@@ -3,7 +3,7 @@
 The suspect (``test_behaviour._train_topic``) answers every prompt holding one token (TRIGGER,
 " gamma") with hostile words and is distilled towards the base everywhere else. Audited
 
-* with the trigger in 3 of 60 corpus prompts (5%): the behaviour diff is concentrated and the
+* with the trigger in 6 of 120 corpus prompts (5%): the behaviour diff is concentrated and the
   first feature of the audit ranking separates the triggered prompts (AUROC 1 on their max);
 * with the trigger in none of the corpus: trigger discovery must recover it from the models alone
   and confirm it on held-out prompts;
