@@ -64,8 +64,9 @@ def decide(ctx: AuditContext) -> dict:
     confirmed = [c for c in trig["candidates"] if c["confirmed"]]
 
     evidence: dict[int, dict] = {}
-    for latent, e in {**_evidence(trig["features"], "trigger"), **_evidence(beh.features, "behaviour")}.items():
-        evidence.setdefault(latent, {})[e["source"]] = e
+    for rows, source in ((trig["features"], "trigger"), (beh.features, "behaviour")):
+        for latent, e in _evidence(rows, source).items():  # a latent may hold evidence of both
+            evidence.setdefault(latent, {})[source] = e
     diff_rank = {latent: i for i, latent in enumerate(diff["order"], 1)}
     watch: dict[int, list[str]] = {}
     for f in flag["flagged"]:
