@@ -190,6 +190,24 @@ def test_answers_stop_at_the_stop_token_and_the_base_answers_too(models, tok, co
     assert torch.allclose(again.kl, out.kl, atol=1e-4, rtol=1e-4)
 
 
+def test_the_base_answer_is_its_own_greedy_generation(models, tok, corpus):
+    """The base's answer reuses its teacher-forced pass where it agrees with the suspect and decodes
+    only the rows that part from it: every row must equal the base's own ``generate`` (one row at a
+    time, no padding, no shared prefix), in batches mixing agreeing and diverging rows."""
+    ps = corpus_prompts(str(corpus["path"]), tok)
+    hits = np.flatnonzero(corpus["labels"])[:3].tolist()
+    picked = hits + [i for i in range(len(ps)) if i not in hits][:9]
+    prompts = [list(ps[i].ids) for i in picked]
+    for suspect in (models["topic"], models["restyled"]):
+        pair = ModelPair(suspect, models["base"], tok)
+        pair.set_prefix(prompts)
+        out = pair.run(prompts, 6)
+        for row, ids in enumerate(prompts):
+            ref = models["base"].generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, min_new_tokens=6,
+                                          pad_token_id=tok.pad_token_id)[0, len(ids):]
+            assert out.base_tokens[row].tolist() == ref.tolist(), row
+
+
 def test_nan_logits_are_a_named_error(models, tok, corpus):
     broken = copy.deepcopy(models["base"])
     with torch.no_grad():

@@ -231,6 +231,35 @@ class ModelPair:
         self._part = "prompt"
         return torch.stack(toks, 1), torch.stack(logps, 1)
 
+    def _base_greedy(self, b_logp: Tensor, s_tok: Tensor, cache, mask: Tensor, last: Tensor) -> Tensor:
+        """The base's own greedy answer ``[B, N]`` (on the CPU), from its teacher-forced pass over the
+        suspect's answer ``s_tok`` (``b_logp [B, N, V]``; the cache holds the prompt and ``s_tok[:, :-1]``).
+
+        Where the base's argmax agrees with the suspect's token, the base's greedy answer runs on the
+        same prefix, so its argmaxes are the base's greedy tokens up to and including the first
+        disagreement ``j``. Only the rows with ``j < N - 1`` are decoded further, from the batch's
+        smallest such ``j``, on their rows of the cache cropped back to ``prompt + y_<j``."""
+        n = s_tok.shape[1]
+        forced = b_logp.argmax(-1)
+        differs = forced != s_tok
+        first = torch.where(differs.any(1), differs.float().argmax(1), torch.full_like(forced[:, 0], n))
+        rows = torch.nonzero(first < n - 1).flatten()
+        if len(rows) == 0:
+            return forced.cpu()
+        start = int(first[rows].min())
+        cache.crop(-(n - 1 - start))  # a negative crop removes tokens in 4.x and 5.x alike
+        cache.batch_select_indices(rows.to(self.device))
+        # ``mask``/``last`` are the prompt's: extend them over the kept answer tokens y_<start
+        mask = torch.cat([mask[rows], torch.ones(len(rows), start, dtype=mask.dtype, device=mask.device)], 1)
+        last = last[rows] + start
+        toks = [forced[rows, start]]
+        for _ in range(n - 1 - start):
+            logits, mask, last = self._forward(1, cache, mask, last, toks[-1][:, None])
+            toks.append(logits[:, -1].argmax(-1))
+        out = forced.clone()
+        out[rows, start:] = torch.stack(toks, 1)
+        return out.cpu()
+
     @torch.inference_mode()
     def run(self, prompts: list[list[int]], n_tokens: int, rows: list[int] | None = None,
             base_answer: bool = True) -> BatchDivergence:
@@ -256,17 +285,11 @@ class ModelPair:
             _check_finite(logits, "base", rows)
             b_logp.append(torch.log_softmax(logits, -1))
         b_logp = torch.cat(b_logp, 1)
-        base_tokens = None
-        if base_answer:
-            if n_tokens > 1:  # back to the prompt (a negative crop removes tokens in 4.x and 5.x alike)
-                cache.crop(-(n_tokens - 1))
-            toks = [b_logits.argmax(-1)]
-            for _ in range(n_tokens - 1):
-                logits, mask, last = self._forward(1, cache, mask, last, toks[-1][:, None])
-                toks.append(logits[:, -1].argmax(-1))
-            base_tokens = torch.stack(toks, 1).cpu()
-        # KL >= 0; float rounding of two equal distributions can give -1e-9
-        kl = token_kl(s_logp.double(), b_logp.double()).clamp(min=0).cpu()
+        base_tokens = self._base_greedy(b_logp, s_tok, cache, mask, last) if base_answer else None
+        # in float32 (measured 6x faster than float64 on 2 CPU cores; the sum's rounding over 49k
+        # terms is ~1e-5 relative, far below every threshold); KL >= 0, but rounding of two equal
+        # distributions can give -1e-7: clamped. Stored as float64.
+        kl = token_kl(s_logp, b_logp).clamp(min=0).double().cpu()
         s_tok = s_tok.cpu()
         is_stop = torch.isin(s_tok, self.stop_ids)
         # kept: positions up to and including the first stop token
