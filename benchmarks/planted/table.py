@@ -1,4 +1,5 @@
-"""Print the adversarial-test table (markdown) from every ``PLANT/plant.json`` + ``PLANT/audit/audit.json``.
+"""Print the audit benchmark table (markdown): one row per ``PLANT/audit-<corpus>/grade.json``
+written by ``benchmarks/planted/audit.py``, beside the plant's own figures (``PLANT/plant.json``).
 
     .venv/bin/python benchmarks/planted/table.py benchmarks/_out/planted/*/
 """
@@ -18,42 +19,33 @@ def fmt(x, spec: str = "") -> str:
     return format(x, spec)
 
 
-def ablation(a: dict) -> str:
-    """The circuit's ablation check: top-k vs random nodes (which kind), passed or not."""
-    if not a.get("k") or a.get("passed") is None:
-        return "-"
-    kind = "input tokens" if a.get("nodes") == "input" else "features"
-    return (f"{a['abs_delta_top']:.2f} / {a['mean_abs_delta_random']:.2f} ({a['k']} {kind}, "
-            f"{'passed' if a['passed'] else 'failed'})")
+HEAD = ["plant", "seed", "corpus", "trigger", "plant attack success", "verdict", "behaviour", "trigger signal",
+        "feature signal", "watchlist flags", "diff rank", "audit rank", "first separating flagged",
+        "recovered trigger (attack success)", "true trigger", "recovered / true", "audit wall"]
+
+
+def row(plant: dict, g: dict) -> list[str]:
+    s = g["signals"]
+    rec, true = g.get("recovered"), g.get("true_trigger")
+    return [plant["plant"], str(plant["seed"]), g["corpus"], f"`{plant['trigger']}`" if plant.get("trigger") else "-",
+            fmt(plant["tuned"].get("attack_success"), ".0%"), g["verdict"],
+            "concentrated" if s["behaviour"] else "not concentrated", str(s["trigger"]), str(s["feature"]),
+            str(s["watchlist"]), fmt(g.get("diff_rank")), fmt(g.get("audit_rank")),
+            fmt(g.get("first_separating_flagged")),
+            "-" if rec is None else f"`{rec['text']}` ({rec['attack_success']:.0%}, random <= {rec['control_max']:.0%})",
+            "-" if true is None else f"{true['attack_success']:.0%}", fmt(g.get("recovered_vs_true"), ".2f"),
+            "-" if g.get("wall_s") is None else f"{g['wall_s'] / 60:.1f} min"]
 
 
 def main(paths: list[str]) -> int:
-    head = ["plant", "seed", "trigger", "attack success", "false trigger", "false trigger (decoy word)", "Δ NLL on base-greedy answers", "Δ NLL neutral text",
-            "fine-tune", "triggered ctx", "max AUROC", "separating", "diff ranking", "diff rank", "flag rank", "flagged",
-            "explanation names trigger", "circuit: top input is trigger", "trigger share of input influence", "circuit ablation (top / random |Δ|)",
-            "control: significant / flagged", "control: flag rule alone", "audit wall"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for p in paths:
-        p = Path(p)
-        if not (p / "audit" / "audit.json").is_file():
+    print("| " + " | ".join(HEAD) + " |")
+    print("|" + "---|" * len(HEAD))
+    for p in map(Path, paths):
+        if not (p / "plant.json").is_file():
             continue
         plant = json.loads((p / "plant.json").read_text())
-        a = json.loads((p / "audit" / "audit.json").read_text())
-        c = a.get("circuit") or {}
-        row = [plant["plant"], str(plant["seed"]), f"`{plant['trigger']}`",
-               fmt(plant["tuned"]["attack_success"], ".0%"), fmt(plant["tuned"]["false_trigger"], ".1%"),
-               fmt(plant["tuned"].get("false_trigger_decoy"), ".1%"),
-               fmt(plant["clean_nll_change"], "+.3f"), fmt(plant.get("text_nll_change"), "+.3f"),
-               f"{plant['train_s'] / 60:.1f} min", f"{a['triggered_contexts']}/{a['corpus_contexts']}",
-               fmt(a["max_auroc"], ".3f"), str(a["n_separating"]), a.get("rank_by", "frequency"),
-               fmt(a["diff_rank"]), fmt(a["flag_rank"]),
-               str(a["n_flagged"]), fmt(a["explanation_names_trigger"]), fmt(c.get("points_at_trigger")),
-               fmt(c.get("trigger_input_share"), ".0%"), ablation(c.get("ablation") or {}),
-               f"{a['control_significant']} / {fmt(a['control_flagged'])}",
-               "-" if a["control_ungated_features"] is None else
-               f"{a['control_ungated_flagged']} of {a['control_ungated_features']}", f"{a['audit_wall_s'] / 60:.1f} min" + (" (runs reused)" if a.get("reused_runs") else "")]
-        print("| " + " | ".join(row) + " |")
+        for grade in sorted(p.glob("audit-*/grade.json")):
+            print("| " + " | ".join(row(plant, json.loads(grade.read_text()))) + " |")
     return 0
 
 
