@@ -68,7 +68,7 @@ def _write_reference(out: Path, x: torch.Tensor, latents: torch.Tensor, recon: t
         },
         str(out / "reference.safetensors"),
     )
-    print(f"wrote {out.relative_to(ROOT)}: latents {tuple(latents.shape)}, "
+    print(f"wrote {out}: latents {tuple(latents.shape)}, "
           f"L0 {(latents != 0).sum(-1).float().mean():.2f}")
 
 
@@ -77,7 +77,7 @@ def _write_reference(out: Path, x: torch.Tensor, latents: torch.Tensor, recon: t
 # ------------------------------------------------------------------------------------------
 
 
-def make_saelens() -> None:
+def make_saelens(root: Path = FIXTURES) -> None:
     from sae_lens import (
         JumpReLUSAE,
         JumpReLUSAEConfig,
@@ -102,14 +102,14 @@ def make_saelens() -> None:
         if name == "jumprelu":
             with torch.no_grad():
                 sae.threshold.copy_(0.05 + 0.5 * torch.rand(sae.threshold.shape, generator=gen))
-        out = FIXTURES / "saelens" / name
+        out = root / "saelens" / name
         sae.save_model(out)
         with torch.no_grad():
             latents = sae.encode(x)
             recon = sae.decode(latents)
             assert torch.allclose(recon, sae(x)), "SAE Lens forward != decode(encode)"
         _write_reference(out, x, latents, recon)
-    _write_versions("saelens", "sae-lens")
+    _write_versions(root, "saelens", "sae-lens")
 
 
 def check_export(folder: Path) -> int:
@@ -140,7 +140,7 @@ def check_export(folder: Path) -> int:
 # ------------------------------------------------------------------------------------------
 
 
-def make_sparsify() -> None:
+def make_sparsify(root: Path = FIXTURES) -> None:
     from sparsify import SparseCoder, SparseCoderConfig
 
     gen = torch.Generator().manual_seed(4321)
@@ -153,20 +153,20 @@ def make_sparsify() -> None:
     }
     for name, coder in coders.items():
         _randomise(dict(coder.named_parameters()), gen)
-        out = FIXTURES / "sparsify" / name
+        out = root / "sparsify" / name
         coder.save_to_disk(out)
         with torch.no_grad():
             top_acts, top_indices, _ = coder.encode(x)
             latents = torch.zeros(N_TOKENS, coder.num_latents).scatter(-1, top_indices, top_acts)
             recon = coder(x).sae_out  # forward adds the skip path, decode alone does not
         _write_reference(out, x, latents, recon)
-    _write_versions("sparsify", "eai-sparsify")
+    _write_versions(root, "sparsify", "eai-sparsify")
 
 
-def _write_versions(package_dir: str, dist_name: str) -> None:
+def _write_versions(root: Path, package_dir: str, dist_name: str) -> None:
     versions = {"package": dist_name, "version": version(dist_name), "torch": torch.__version__,
                 "safetensors": version("safetensors")}
-    (FIXTURES / package_dir / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
+    (root / package_dir / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
     print(versions)
 
 
@@ -175,14 +175,16 @@ def main() -> int:
     parser.add_argument("--package", choices=["saelens", "sparsify"])
     parser.add_argument("--check-export", type=Path, metavar="DIR",
                         help="load DIR (our export_saelens output) with SAE Lens and compare")
+    parser.add_argument("--out", type=Path, default=FIXTURES,
+                        help="where --package writes its folders (default: the test fixtures)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.check_export is not None:
         return check_export(args.check_export)
     if args.package == "saelens":
-        make_saelens()
+        make_saelens(args.out)
     elif args.package == "sparsify":
-        make_sparsify()
+        make_sparsify(args.out)
     else:
         parser.error("give --package or --check-export")
     return 0

@@ -5,11 +5,17 @@ themselves (``benchmarks/make_interop_fixtures.py``, run in the peer venvs; vers
 ``<package>/versions.json``), with ``reference.safetensors`` holding an input ``x`` and the
 package's own latents and reconstruction for it. Tolerance: ``atol = rtol = 1e-5`` (float32
 weights; our conversion folds biases and norms in float64, so results differ by rounding only).
+
+The tests marked ``peers`` run the real packages in their own virtual envs (``make peers``:
+``benchmarks/peers/setup_peers.sh``): the packages write their files now, in this run, and load
+ours. ``make test-slow`` runs them with ``AUTOINTERP_REQUIRE_PEERS=1``: a missing env fails there
+instead of skipping.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,7 +29,8 @@ from dictionaries.interop import detect_format, export_saelens, load_any, load_s
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "interop"
-SAELENS_PYTHON = ROOT / "benchmarks" / "_venvs" / "saelens" / "bin" / "python"
+VENVS = ROOT / "benchmarks" / "_venvs"
+SCRIPT = ROOT / "benchmarks" / "make_interop_fixtures.py"
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 FIXTURE_ARCH = {
@@ -39,6 +46,18 @@ def _outputs(d: dl.Dictionary, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     with torch.no_grad():
         out = d(x, target=torch.zeros(*x.shape[:-1], d.cfg.d_out))
     return out.latents, out.x_hat
+
+
+def peer_python(package: str) -> Path:
+    """The python of the peer package's virtual env; skip (or fail, with
+    ``AUTOINTERP_REQUIRE_PEERS=1``) when it is missing."""
+    python = VENVS / package / "bin" / "python"
+    if not python.exists():
+        msg = f"{package} venv missing ({python}): run `make peers`"
+        if os.environ.get("AUTOINTERP_REQUIRE_PEERS") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return python
 
 
 def _copy_fixture(name: str, tmp_path: Path) -> Path:
@@ -245,9 +264,7 @@ def test_topk_transcoder_cannot_be_exported(tmp_path):
         export_saelens(d, tmp_path / "tc")
 
 
-@pytest.mark.skipif(
-    not SAELENS_PYTHON.exists(), reason="SAE Lens venv missing: run benchmarks/peers/setup_peers.sh"
-)
+@pytest.mark.peers
 @pytest.mark.parametrize("case", ["relu", "topk", "jumprelu", "relu-skip-transcoder"])
 def test_saelens_itself_loads_our_export(case, tmp_path):
     """Runs ``make_interop_fixtures.py --check-export`` in the SAE Lens venv: SAE Lens's own
@@ -259,10 +276,30 @@ def test_saelens_itself_loads_our_export(case, tmp_path):
     latents, x_hat = _outputs(d, x)
     save_file({"x": x, "latents": latents, "reconstruction": x_hat}, str(folder / "reference.safetensors"))
     proc = subprocess.run(
-        [str(SAELENS_PYTHON), str(ROOT / "benchmarks" / "make_interop_fixtures.py"),
-         "--check-export", str(folder)],
+        [str(peer_python("saelens")), str(SCRIPT), "--check-export", str(folder)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["ok"] is True
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("package", ["saelens", "sparsify"])
+def test_files_the_package_writes_now_load_with_its_outputs(package, tmp_path):
+    """The real package (its env's version) saves its dictionaries in this run, with its own outputs
+    on a fixed input; our loader must reproduce them (not only the stored fixtures)."""
+    proc = subprocess.run([str(peer_python(package)), str(SCRIPT), "--package", package, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = [n for n in FIXTURE_ARCH if n.startswith(package + "/")]
+    for name in names:
+        ref = load_file(str(tmp_path / name / "reference.safetensors"))
+        d = load_any(tmp_path / name)
+        assert (d.cfg.arch, d.cfg.skip_connection) == FIXTURE_ARCH[name]
+        latents, x_hat = _outputs(d, ref["x"])
+        torch.testing.assert_close(latents, ref["latents"], **TOL)
+        torch.testing.assert_close(x_hat, ref["reconstruction"], **TOL)
+        assert torch.equal(latents != 0, ref["latents"] != 0)
+    written = json.loads((tmp_path / package / "versions.json").read_text())
+    assert written["package"] == {"saelens": "sae-lens", "sparsify": "eai-sparsify"}[package]
