@@ -28,6 +28,30 @@ def make_tiny_model(path: Path, tokenizer_dir: Path, n_layers: int = 4, d_model:
     return path
 
 
+def make_tiny_gemma(path: Path, tokenizer_dir: Path, n_layers: int = 4, d_model: int = 32, sliding_window: int = 4,
+                    softcap: float | None = None, seed: int = 0) -> Path:
+    """A tiny random Gemma 3 (the real 262k-token Gemma tokenizer): scaled embeddings, every
+    layer but the last on a ``sliding_window``-token window, optional final logit soft-capping."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model,
+                           num_hidden_layers=n_layers, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                           query_pre_attn_scalar=16, sliding_window=sliding_window,
+                           layer_types=["sliding_attention"] * (n_layers - 1) + ["full_attention"],
+                           final_logit_softcapping=softcap, max_position_embeddings=512, tie_word_embeddings=True,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():  # random norms (Gemma's RMSNorm weight is an offset from 1, initialised 0)
+        for name, prm in model.named_parameters():
+            if "norm" in name:
+                prm.normal_(0, 0.3)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
 def run_cli(*args: str, env: dict | None = None, check: bool = True):
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run([*AUTOINTERP, *args], capture_output=True, text=True, env=full_env, cwd=REPO)

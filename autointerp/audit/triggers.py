@@ -335,6 +335,19 @@ def _first_kl(pair: ModelPair, prompts: list[list[int]], batch_size: int) -> np.
     return np.asarray(out)
 
 
+def inputs_embeds(model, ids: torch.Tensor, at: int, one_hot: torch.Tensor) -> torch.Tensor:
+    """``[B, T, d]`` input embeddings of ``ids [B, T]`` with positions ``at .. at + L - 1`` replaced by
+    ``one_hot [L, V] @ E`` (differentiable in ``one_hot``). The prompt goes through the embedding
+    module, so a scaled embedding (Gemma's ``sqrt(d) E[t]``) is scaled, and the one-hot rows get the
+    module's ``embed_scale``: ``inputs_embeds`` skip the module."""
+    embed = model.get_input_embeddings()
+    E = embed.weight
+    scale = embed.embed_scale.to(E.dtype) if hasattr(embed, "embed_scale") else 1.0
+    emb = embed(ids).detach()
+    ins = ((one_hot.to(E.dtype) @ E) * scale)[None].expand(len(ids), -1, -1)
+    return torch.cat([emb[:, :at], ins, emb[:, at + len(one_hot):]], dim=1)
+
+
 def _slot_gradient(pair: ModelPair, carrier, users: list[list[int]], slots: list[int],
                    allowed: torch.Tensor) -> torch.Tensor:
     """``[L, V]`` gradient of the mean first-token KL over ``users`` with respect to the one-hot
@@ -350,10 +363,7 @@ def _slot_gradient(pair: ModelPair, carrier, users: list[list[int]], slots: list
     one_hot.requires_grad_(True)
     lps = []
     for model in (pair.suspect, pair.base):
-        E = model.get_input_embeddings().weight
-        emb = E[ids].detach()
-        ins = (one_hot.to(E.dtype) @ E)[None].expand(len(prompts), -1, -1)
-        emb = torch.cat([emb[:, :at], ins, emb[:, at + len(slots):]], dim=1)
+        emb = inputs_embeds(model, ids, at, one_hot)
         logits = model(inputs_embeds=emb, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
         lps.append(torch.log_softmax(logits.float(), -1))
     token_kl(lps[0], lps[1]).mean().backward()

@@ -112,6 +112,10 @@ class ModelPair:
         self.stop_ids = torch.tensor(sorted(s for s in stops if s is not None), dtype=torch.long)
         self._cache_kwarg = ("cache" if "cache" in inspect.signature(suspect.forward).parameters
                              else "past_key_values")
+        cfg = suspect.config
+        sliding = "sliding_attention" in (getattr(cfg, "layer_types", None) or ["sliding_attention"])
+        self.window = getattr(cfg, "sliding_window", None) if sliding else None
+        """the sliding-attention window in tokens (Gemma, Mistral), or None."""
         self._prefix: tuple[int, list[int], object | None, object | None] = (0, [], None, None)
         self._part = "prompt"
 
@@ -145,7 +149,8 @@ class ModelPair:
         caches = []
         with torch.inference_mode():
             for model in (self.suspect, self.base):
-                out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                out = model(input_ids=ids, use_cache=True, logits_to_keep=1,
+                            **{self._cache_kwarg: _full_cache()})
                 caches.append(getattr(out, "cache", None) or out.past_key_values)
         self._prefix = (shared, list(first[:shared]), caches[0], caches[1])
         return shared
@@ -184,7 +189,7 @@ class ModelPair:
         """Prefill ``own`` (each row's tokens after the shared prefix) into a fresh cache."""
         model = (self.suspect, self.base)[which]
         cache0 = self._prefix[2 + which] if shared else None
-        cache = None
+        cache = _full_cache()
         if cache0 is not None:
             cache = copy.deepcopy(cache0)
             cache.batch_repeat_interleave(len(own))
@@ -274,6 +279,14 @@ class ModelPair:
         if shared and not all(p[:shared] == prefix and len(p) > shared for p in prompts):
             shared = 0
         own = [p[shared:] for p in prompts]
+        if (self.window and len(own) > 1 and len(set(map(len, own))) > 1
+                and shared + max(map(len, own)) + n_tokens > self.window):
+            # a sliding window counts cache slots, left padding included: a padded row would see
+            # fewer real tokens than the model does alone. Rows of unequal length go one at a time.
+            parts = [self.run([p], n_tokens, rows=[r], base_answer=base_answer) for p, r in zip(prompts, rows)]
+            return BatchDivergence(*(None if parts[0].base_tokens is None and name == "base_tokens"
+                                     else torch.cat([getattr(x, name) for x in parts])
+                                     for name in ("kl", "valid", "suspect_tokens", "base_tokens")))
         s_tok, s_logp = self._suspect_greedy(own, shared, n_tokens, rows)
         # the base reads the suspect's answer: its prefill predicts y_1, one pass over y_1..y_{N-1}
         # predicts the rest
@@ -302,6 +315,15 @@ class ModelPair:
         stops = set(self.stop_ids.tolist())
         n = next((i for i, t in enumerate(ids) if t in stops), len(ids))
         return self.tokenizer.decode(ids[:n], skip_special_tokens=True)
+
+
+def _full_cache():
+    """An empty KV cache whose layers all keep every position (no sliding-window layers, which
+    drop old positions and cannot be cropped back); the attention masks still apply each
+    layer's window."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
 
 
 def check_pair(suspect: str, suspect_folder, base: str, base_folder) -> None:

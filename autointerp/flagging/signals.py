@@ -317,7 +317,7 @@ def measure(model, prompts: Sequence[str], completions: Sequence[str], hookpoint
 
     Trap: the edit is a TransformerLens hook, global state on the model; ``bridge.hooks`` removes
     it in a ``finally`` block even when the forward pass is stopped or fails."""
-    from autointerp.models.hookpoints import _StopForward, fused_attention
+    from autointerp.models.hookpoints import _StopForward, fused_attention, head_logits
 
     ids_BL, spans = _sequences(model.tokenizer, prompts, completions, bos, chat)
     captured: dict[str, Tensor] = {}
@@ -339,9 +339,7 @@ def measure(model, prompts: Sequence[str], completions: Sequence[str], hookpoint
         rows = torch.tensor([b for b, (lp, lc) in enumerate(spans) for _ in range(lc)])
         cols = torch.tensor([t for lp, lc in spans for t in range(lp - 1, lp + lc - 1)])
         h_Kd = captured["h"][rows.to(device), cols.to(device)]
-        # the head's weights, not the (bridge-wrapped, hooked) module: its hook would stop this too
-        head = model.hf_model.get_output_embeddings()
-        logits_KV = torch.nn.functional.linear(h_Kd, head.weight, getattr(head, "bias", None))
+        logits_KV = head_logits(model.hf_model, h_Kd)  # soft-capped where the architecture caps
         logp_KV = torch.log_softmax(logits_KV.float(), dim=-1).cpu()
     n_c = len(completions)
     logp = torch.zeros(len(prompts), n_c)

@@ -160,3 +160,16 @@ def hookpoint_shapes(model: LoadedModel, seq_len: int = 4) -> list[tuple[str, tu
         with torch.inference_mode(), model.bridge.hooks(fwd_hooks=[(lambda _n: True, hook)]):
             model.bridge(ids, return_type=None)
     return [(n, shapes[n]) for n in hookpoint_names(model) if n in shapes]
+
+
+def head_logits(hf_model, h: Tensor) -> Tensor:
+    """The LM head applied to final-normed hidden states ``h [..., d]`` (what ``unembed.hook_in``
+    sees): ``W_U h + b``, then the architecture's final logit soft-capping where its config has one
+    (Gemma 2: ``c * tanh(logits / c)``; Llama, SmolLM2 and Gemma 3 have none). Reads the head's
+    weights, not its (bridge-wrapped, hooked) module, whose hook would fire."""
+    head = hf_model.get_output_embeddings()
+    logits = torch.nn.functional.linear(h, head.weight, getattr(head, "bias", None))
+    cap = getattr(hf_model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits

@@ -144,6 +144,17 @@ def folder_checksum(path: Path) -> str:
     return h.hexdigest()
 
 
+def gguf_architecture(path: Path) -> str:
+    """The ``general.architecture`` of a GGUF file (``llama``, ``gemma3`` ...), read from its header."""
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(path).fields["general.architecture"]
+    except (KeyError, ValueError, OSError) as exc:
+        raise ModelNotFoundError(f"{path} is not a readable GGUF file with an architecture: {exc}") from exc
+    return field.contents()
+
+
 def _converted_gguf(gguf: Path, known_sha: str) -> Path:
     """Dequantize a GGUF once into a plain safetensors model folder in the user cache.
 
@@ -156,7 +167,14 @@ def _converted_gguf(gguf: Path, known_sha: str) -> Path:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("dequantizing %s once into %s", gguf, out)
+    arch = gguf_architecture(gguf)
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+        raise ModelNotFoundError(
+            f"{gguf} is a GGUF of architecture {arch!r}, which transformers cannot read (it reads "
+            f"{', '.join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ('general', 'tokenizer'))})")
+    log.info("dequantizing %s (%s) once into %s", gguf, arch, out)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quant = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     plain = AutoModelForCausalLM.from_config(quant.config, dtype=torch.float32)
