@@ -7,6 +7,9 @@ In one run, on the embedded model (SmolLM2-135M), batches of 16 x 128 tokens, fi
 * (a) a plain transformers forward of all 30 layers with the LM head;
 * (b) a plain transformers forward truncated after layer 15 (``model.model.layers[:16]``).
 
+``--model gemma3-270m --layer 9`` measures the second family the same way. The cached rows are
+also compared with the plain forward's hidden state (``max_abs_diff_vs_plain``; 0 is bit-identical).
+
 Rounds alternate between the three so that drifts in machine speed hit all of them; the
 best round of each is reported. Then the peak RSS of the full CLI command for 100k and
 1M tokens, each in a fresh process.
@@ -32,7 +35,6 @@ from autointerp.activations import CacheConfig, CacheWriter
 from autointerp.data import ContextConfig
 from autointerp.models import load_model
 
-HOOK = "blocks.15.hook_out"
 
 
 def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
@@ -54,15 +56,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rss-tokens", default="100000,1000000", help="token counts for the peak-RSS runs ('' to skip)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--model", default="smollm2-135m", help="model spec (gemma3-270m: the second family)")
+    p.add_argument("--layer", type=int, default=15, help="cache blocks.LAYER.hook_out; truncate after LAYER")
     args = p.parse_args()
+    hook = f"blocks.{args.layer}.hook_out"
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
-    bridge_model = load_model("smollm2-135m")
+    bridge_model = load_model(args.model)
     plain = AutoModelForCausalLM.from_pretrained(bridge_model.source, dtype=torch.float32).eval()
     n_ctx = 16 * args.batches
     tmp = Path(tempfile.mkdtemp(prefix="bench-cache-"))
-    cfg = CacheConfig(model="smollm2-135m", hookpoints=[HOOK], tokens=n_ctx * 120, batch_size=16,
+    cfg = CacheConfig(model=args.model, hookpoints=[hook], tokens=n_ctx * 120, batch_size=16,
                       shard_contexts=16 * 4, context=ContextConfig(ctx_len=128))
     writer = CacheWriter(cfg, tmp / "warm", model=bridge_model, progress=False)
     # the baselines run exactly the contexts the cache job runs
@@ -79,7 +84,7 @@ def main() -> None:
                 plain(tokens[i:i + 16])
 
     def run_truncated(_r: int) -> None:
-        plain.model.layers = layers[:16]
+        plain.model.layers = layers[:args.layer + 1]
         try:
             with torch.inference_mode():
                 for i in range(0, n_ctx, 16):
@@ -92,22 +97,32 @@ def main() -> None:
     best: dict[str, float] = {}
     for r in range(args.rounds):
         for name, fn in [("autointerp_cache", run_cache), ("plain_full_lm_head", run_full),
-                         ("plain_truncated_l15", run_truncated)]:
+                         ("plain_truncated", run_truncated)]:
             t = time.perf_counter()
             fn(r)
             tps = n_tok / (time.perf_counter() - t)
             best[name] = max(best.get(name, 0.0), tps)
             print(f"round {r} {name}: {tps:,.0f} tokens/s", flush=True)
+    # bit-identical: the cached rows against the plain forward's hidden state (first shard)
+    from autointerp.activations import iter_shards
+
+    shard = next(iter_shards(tmp / "r0" / hook))
+    with torch.inference_mode():
+        hidden = plain(shard["contexts"].long(), output_hidden_states=True).hidden_states[args.layer + 1]
+    rows = hidden[shard["ctx"].long(), shard["ctx_pos"].long()]
+    max_diff = float((rows - shard["activations"]).abs().max())
+    print(f"cached rows vs plain forward: max |diff| {max_diff:.3g}", flush=True)
     res = {
+        "model": args.model, "hookpoint": hook, "max_abs_diff_vs_plain": max_diff,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "threads": args.threads, "tokens_per_round": n_tok,
         "tokens_per_s": {k: round(v) for k, v in best.items()},
         "ratio_vs_full": round(best["autointerp_cache"] / best["plain_full_lm_head"], 2),
-        "ratio_vs_truncated": round(best["autointerp_cache"] / best["plain_truncated_l15"], 3),
+        "ratio_vs_truncated": round(best["autointerp_cache"] / best["plain_truncated"], 3),
     }
     rss = {}
     for n in [int(x) for x in args.rss_tokens.split(",") if x]:
-        cmd = [sys.executable, "-m", "autointerp.cli", "cache", "--model", "smollm2-135m", "--hookpoints", HOOK,
+        cmd = [sys.executable, "-m", "autointerp.cli", "cache", "--model", args.model, "--hookpoints", hook,
                "--tokens", str(n), "--threads", str(args.threads), "--out", str(tmp / f"rss{n}")]
         mb, secs = peak_rss_mb(cmd)
         rss[n] = {"peak_rss_mb": round(mb), "wall_s": round(secs, 1)}

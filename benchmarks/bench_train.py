@@ -33,18 +33,19 @@ from safetensors.torch import save_file
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "_out" / "train"
 VENVS = HERE / "_venvs"
-HOOK = "blocks.15.hook_out"
 
 
-def prepare_data(train_tokens: int, heldout_tokens: int) -> tuple[Path, Path]:
+def prepare_data(train_tokens: int, heldout_tokens: int, model: str = "smollm2-135m",
+                 hook: str = "blocks.15.hook_out") -> tuple[Path, Path]:
     from autointerp.activations import CacheConfig, cache_activations, iter_shards
 
-    train_f, held_f = OUT / "train.safetensors", OUT / "heldout.safetensors"
+    out = OUT if model == "smollm2-135m" else OUT / model
+    train_f, held_f = out / "train.safetensors", out / "heldout.safetensors"
     if train_f.exists() and held_f.exists():
         return train_f, held_f
-    OUT.mkdir(parents=True, exist_ok=True)
-    cfg = CacheConfig(model="smollm2-135m", hookpoints=[HOOK], tokens=train_tokens + heldout_tokens)
-    folder = cache_activations(cfg, OUT / "activations")[HOOK]
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = CacheConfig(model=model, hookpoints=[hook], tokens=train_tokens + heldout_tokens)
+    folder = cache_activations(cfg, out / "activations")[hook]
     acts = torch.cat([s["activations"] for s in iter_shards(folder)])
     save_file({"activations": acts[:train_tokens].contiguous()}, str(train_f))
     save_file({"activations": acts[train_tokens:].contiguous()}, str(held_f))
@@ -87,6 +88,8 @@ def run(runner: str, python: Path, train: Path, held: Path, args: argparse.Names
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m", help="whose activations (gemma3-270m: the second family)")
+    p.add_argument("--hookpoint", default="blocks.15.hook_out", help="e.g. blocks.9.hook_out for gemma3-270m")
     p.add_argument("--train-tokens", type=int, default=300_000)
     p.add_argument("--heldout-tokens", type=int, default=30_000)
     p.add_argument("--latents", type=int, default=4608)
@@ -96,14 +99,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--peers", default="sparsify,saelens", help="peers to run ('' for ours only)")
     args = p.parse_args()
-    train, held = prepare_data(args.train_tokens, args.heldout_tokens)
+    train, held = prepare_data(args.train_tokens, args.heldout_tokens, args.model, args.hookpoint)
     runners = {"ours": ("run_ours.py", Path(sys.executable))}
     for peer in [x for x in args.peers.split(",") if x]:
         python = VENVS / peer / "bin" / "python"
         if not python.exists():
             subprocess.run(["bash", str(HERE / "peers" / "setup_peers.sh")], check=True)
         runners[peer] = (f"run_{peer}.py", python)
-    d = 576
+    from safetensors import safe_open
+
+    with safe_open(str(train), "pt") as f:
+        d = f.get_slice("activations").get_shape()[1]
     best: dict[str, dict] = {}
     for r in range(args.repeats):
         for name, (runner, python) in runners.items():
