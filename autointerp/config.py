@@ -109,6 +109,11 @@ class TrainSection:
     """initialisation and shuffling seed."""
     checkpoint_every: int = 10
     """steps between checkpoints (a killed run resumes from the last one)."""
+    dictionary: str | None = None
+    """a published dictionary to use instead of training one: an SAE Lens or sparsify folder, or one
+    of ours; the cache then holds its hook point (null: train)."""
+    dictionary_hookpoint: str | None = None
+    """the hook point the dictionary reads, ours or SAE Lens's name (null: read from the folder)."""
 
     def __post_init__(self) -> None:
         for name in ("latents", "k", "batch_size", "epochs", "heldout_tokens", "checkpoint_every"):
@@ -278,7 +283,7 @@ class RunConfig:
     report: ReportSection = field(default_factory=ReportSection)
 
     def __post_init__(self) -> None:
-        if self.train.heldout_tokens >= self.cache.tokens:
+        if self.train.dictionary is None and self.train.heldout_tokens >= self.cache.tokens:
             raise ConfigError(f"train.heldout_tokens ({self.train.heldout_tokens}) must be below cache.tokens "
                               f"({self.cache.tokens}): nothing would be left to train on")
         if self.threads is not None and self.threads <= 0:

@@ -111,9 +111,12 @@ def _resolve_hookpoints(names: list[str], n_layers: int) -> list[str]:
 def _run_cache(ctx: RunContext) -> dict:
     from autointerp.activations import cache_activations, read_manifest
 
-    c = ctx.cfg.cache
+    c, t = ctx.cfg.cache, ctx.cfg.train
     model = ctx.model()
-    cache_cfg = c.job(ctx.cfg.model, ctx.cfg.device, _resolve_hookpoints(c.hookpoints, model.n_layers))
+    hookpoints = _resolve_hookpoints(c.hookpoints, model.n_layers)
+    if t.dictionary:  # a published dictionary: its hook point, checked before anything is cached
+        hookpoints = [_published_hookpoint(ctx, model)]
+    cache_cfg = c.job(ctx.cfg.model, ctx.cfg.device, hookpoints)
     folders = cache_activations(cache_cfg, ctx.run.activations, model=model)
     figures = {}
     for hp, folder in folders.items():
@@ -122,6 +125,20 @@ def _run_cache(ctx: RunContext) -> dict:
         if m["corpus_exhausted"]:
             log.warning("cache: the corpus ran out at %d tokens (asked for %d)", m["tokens"], c.tokens)
     return {"hookpoints": figures}
+
+
+def _published_hookpoint(ctx: RunContext, model) -> str:
+    import torch
+
+    from autointerp.models.hookpoints import capture, validate_hookpoints
+    from autointerp.published import check_width, dictionary_hookpoint
+
+    t = ctx.cfg.train
+    hp = dictionary_hookpoint(t.dictionary, t.dictionary_hookpoint)
+    validate_hookpoints(model, [hp])
+    width = capture(model, torch.tensor([[model.tokenizer.bos_token_id or 0] * 2]), [hp])[hp].shape[-1]
+    check_width(t.dictionary, int(width), ctx.cfg.model, hp)
+    return hp
 
 
 def _cache_folders(ctx: RunContext) -> list[str]:
@@ -134,6 +151,11 @@ def _cache_folders(ctx: RunContext) -> list[str]:
 def _run_train(ctx: RunContext) -> dict:
     from autointerp.training import train_from_cache
 
+    if ctx.cfg.train.dictionary:
+        from autointerp.published import import_dictionary
+
+        folder = import_dictionary(ctx.cfg.train.dictionary, _cache_folders(ctx)[0], ctx.run.dictionaries)
+        return {"dictionaries": {folder.name: {"imported_from": ctx.cfg.train.dictionary}}}
     job = ctx.cfg.train.job(_cache_folders(ctx), str(ctx.run.dictionaries))
     trained = train_from_cache(job, resume=True, progress=ctx.progress)
     out = {}
@@ -249,7 +271,8 @@ def _clear_report(ctx: RunContext) -> None:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("cache", ("model", "cache"), (), _run_cache, lambda ctx: _rm(ctx.run.activations)),
+    Stage("cache", ("model", "cache", "train.dictionary", "train.dictionary_hookpoint"), (), _run_cache,
+          lambda ctx: _rm(ctx.run.activations)),
     Stage("train", ("train",), ("cache",), _run_train, lambda ctx: _rm(ctx.run.dictionaries)),
     Stage("evaluate", ("evaluate",), ("train",), _run_evaluate, _clear_evaluation),
     Stage("examples", ("examples",), ("train",), _run_examples, lambda ctx: _rm(ctx.run.db)),

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from autointerp.config import ConfigError
     from autointerp.featuredb import FeatureDBError
     from autointerp.pipeline import RunError
+    from autointerp.published import PublishedDictionaryError
     from autointerp.search import SearchError
     from autointerp.data import CorpusError
     from autointerp.models import HookPointError, ModelNotFoundError
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command][1](args)
     except (UserError, CacheError, CorpusError, HookPointError, ModelNotFoundError, ConfigError, RunError,
+            PublishedDictionaryError,
             FeatureDBError, SearchError) as exc:
         print(f"autointerp {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="override the config's subject model")
     p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, ...)")
     p.add_argument("--threads", type=int, default=None, help="override the config's torch CPU threads")
+    p.add_argument("--dictionary", default=None,
+                   help="a published dictionary (SAE Lens or sparsify folder, or one of ours) used instead of "
+                        "training one (train.dictionary)")
     p.add_argument("--update", action="store_true",
                    help="the run folder was made with another config: redo the stages the changes affect")
     p.epilog = ("Any config field can be overridden with its dotted path, e.g. --train.k 64 "
@@ -33,8 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from autointerp import pipeline
     from autointerp.config import load_config, parse_overrides
 
-    overrides = {k: v for k, v in (("model", args.model), ("device", args.device), ("threads", args.threads))
-                 if v is not None}
+    overrides = {k: v for k, v in (("model", args.model), ("device", args.device), ("threads", args.threads),
+                                   ("train.dictionary", args.dictionary)) if v is not None}
     cfg = load_config(args.config, {**overrides, **parse_overrides(args.overrides)})
     t = time.time()
     pipeline.run(cfg, args.out, from_stage=args.from_stage, until=args.until, update=args.update)
