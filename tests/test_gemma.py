@@ -152,3 +152,28 @@ def test_embedded_gemma_runs_cache_train_evaluate(tmp_path):
     assert metrics["fvu"] < 0.9, metrics
     assert 0 < metrics["ce_loss_recovered"] <= 1.05, metrics
     shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("target", ["logit: the", "feature:blocks.2.mlp.hook_out/latent=3"])
+def test_circuit_attributions_sum_to_the_target_on_gemma(tmp_path, tiny_gemma, gemma_tokenizer_dir, target):
+    """The circuit invariant of every architecture: the linearised replacement model (Gemma's extra
+    post-attention and post-MLP norms and its scaled embedding frozen at the operating point)
+    reproduces the model, and the attributions sum to the target."""
+    from test_circuits import write_dictionary
+
+    from autointerp.circuits import COMPLETENESS_TOL, CircuitError, circuit
+    from autointerp.models import load_model
+    from autointerp.runfolder import RunFolder
+
+    # Gemma 3 itself does not soft-cap its logits; a capped model's logit target is refused
+    model = load_model(str(make_tiny_gemma(tmp_path / "model", gemma_tokenizer_dir, sliding_window=WINDOW)))
+    run = RunFolder(tmp_path / "run")
+    write_dictionary(run, model, "blocks.0.hook_out", "blocks.0.hook_out", seed=0)
+    write_dictionary(run, model, "blocks.2.mlp.hook_in", "blocks.2.mlp.hook_out", seed=1)
+    g = circuit(run.root, "def add(x, y): return x + y", target, model=model, save=False)
+    comp = g["completeness"]
+    assert comp["linear_value"] == pytest.approx(comp["target_value"], rel=1e-4, abs=1e-5)
+    assert comp["relative_error"] < COMPLETENESS_TOL and comp["max_node_relative_error"] < COMPLETENESS_TOL
+    if target.startswith("logit"):
+        with pytest.raises(CircuitError, match="soft-caps its logits"):
+            circuit(run.root, "def add(x, y): return x + y", target, model=tiny_gemma, save=False)

@@ -248,7 +248,10 @@ class Tracer:
         return [s for s in self.spliced if s.order < tgt.order_in]
 
     def _frozen_names(self) -> list[str]:
-        return [n for n in self.bridge.hook_dict if n.endswith(("ln1.hook_scale", "ln2.hook_scale"))
+        # Gemma's extra norms after attention and after the MLP (ln1_post, ln2_post) too; its q/k
+        # norms act only through the (frozen) attention pattern
+        return [n for n in self.bridge.hook_dict
+                if n.endswith(("ln1.hook_scale", "ln2.hook_scale", "ln1_post.hook_scale", "ln2_post.hook_scale"))
                 or n == "ln_final.hook_scale" or n.endswith("attn.hook_pattern")]
 
     def _act_modules(self) -> list[tuple[str, torch.nn.Module]]:
@@ -583,6 +586,9 @@ def _setup(run: RunFolder, prompt: str, target: str, dictionaries: list[str] | N
         spliced.append(Spliced(name=name, dictionary=dic, input_hookpoint=prov["input_hookpoint"],
                                target_hookpoint=prov["target_hookpoint"], keep_T=keep.to(model.device)))
     tgt = parse_target(target, run, spliced, tok)
+    if tgt.kind == "logit" and getattr(model.hf_model.config, "final_logit_softcapping", None):
+        raise CircuitError(f"{model.spec} soft-caps its logits (c * tanh(z / c)), which no linear attribution "
+                           f"sums to: trace a feature target instead")
     tr = Tracer(model=model, ids_T=ids_T, spliced=spliced, target=Target(spec=target, kind="logit", token_id=0),
                 markup=markup)
     with torch.no_grad():
