@@ -272,7 +272,7 @@ def test_real_model_circuit(tmp_path, real_model):
 def test_markup_prompts_keep_chat_special_tokens(tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from autointerp.circuits.graph import tokenize_prompt
+    from autointerp.circuits.targets import tokenize_prompt
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     context = {"prepend_bos": True, "ctx_len": 64}

@@ -59,7 +59,7 @@ def summary(graph: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """``autointerp circuit``: compute, save and summarise the graph; exit 2 on a ``CircuitError``."""
-    from autointerp.circuits.graph import CircuitError, circuit
+    from autointerp.circuits import CircuitError, circuit
 
     try:
         graph = circuit(args.run, args.prompt, args.target, node_share=args.node_share, edge_share=args.edge_share,
