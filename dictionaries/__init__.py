@@ -6,6 +6,8 @@ Depends only on torch, einops, safetensors and tqdm (plotly optionally, for
 * :mod:`.base` - :class:`DictionaryConfig`, :class:`Dictionary` (``encode`` / ``decode`` /
   ``forward -> DictionaryOutput``), the architecture registry (:func:`register`, :func:`build`).
 * Architectures, one file each: :mod:`.relu`, :mod:`.topk`, :mod:`.batchtopk`, :mod:`.jumprelu`.
+* :mod:`.train_config` - :class:`DictionarySpec`, :class:`TrainConfig` and the results and errors
+  of training;
 * :mod:`.training` - :class:`Trainer` for several dictionaries over one batch stream, with
   checkpoints, exact resume, dead-latent tracking and data parallelism.
 * :mod:`.data` - the :class:`BatchSource` protocol and :class:`TensorBatchSource`.
@@ -30,15 +32,14 @@ from .metrics import (
 )
 from .relu import ReLUDictionary
 from .topk import TopKDictionary
-from .training import (
+from .train_config import (
     DictionarySpec,
     StepInfo,
     TrainConfig,
     TrainedDictionary,
-    Trainer,
     TrainingDivergedError,
-    geometric_median,
 )
+from .training import Trainer, geometric_median
 
 __all__ = [
     "REGISTRY",
