@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from autointerp.featuredb import FeatureDB
-from autointerp.report import pages
+from autointerp.report import feature_page, findings, pages
 from autointerp.report.audit import audit_section
 from autointerp.report.behaviour import behaviour_section
 from autointerp.report.data import (
@@ -70,23 +70,23 @@ def dictionary_context(info: DictionaryInfo | None, latents: list[int]) -> Dicti
 
 
 def _neighbours(feature: dict, ctx: DictionaryContext, store: StoreData, paged: set[int],
-                prefix: str) -> list[pages.Neighbour]:
+                prefix: str) -> list[feature_page.Neighbour]:
     out = []
     for latent, cos in ctx.views.neighbours.get(feature["latent"], []):
         fid = store.index.get((feature["dictionary"], latent))
         best = best_explanation(store.explanations.get(fid, []), store.scores.get(fid, [])) if fid else None
-        out.append(pages.Neighbour(latent, cos, f"{prefix}{fid}.html" if fid in paged else None, fid,
+        out.append(feature_page.Neighbour(latent, cos, f"{prefix}{fid}.html" if fid in paged else None, fid,
                                    best["text"] if best and best["status"] == "ok" else None))
     return out
 
 
 def feature_content(feature: dict, ctx: DictionaryContext, store: StoreData, examples: list[dict],
                     paged: set[int], prefix: str = "", report_href: str | None = None,
-                    circuits: list[str] = ()) -> pages.FeatureContent:
+                    circuits: list[str] = ()) -> feature_page.FeatureContent:
     """The content of one feature page; neighbour links are ``prefix + <id>.html`` for paged ids;
     ``circuits``: the HTML blocks of the circuits that target the feature."""
     fid = feature["id"]
-    return pages.FeatureContent(
+    return feature_page.FeatureContent(
         feature=feature, explanations=store.explanations.get(fid, []), scores=store.scores.get(fid, []),
         examples=examples, text=ctx.text, spec=ctx.info.spec if ctx.info else None,
         logits=ctx.views.logits.get(feature["latent"]), logit_note=ctx.views.logit_note,
@@ -94,8 +94,8 @@ def feature_content(feature: dict, ctx: DictionaryContext, store: StoreData, exa
         flags=store.flags.get(fid, []), diffs=store.diffs.get(fid, []), circuits=list(circuits))
 
 
-def feature_page_html(content: pages.FeatureContent) -> str:
-    body = pages.feature_body(content, plot_div='<div class="plot" id="fig-activations"></div>')
+def feature_page_html(content: feature_page.FeatureContent) -> str:
+    body = feature_page.feature_body(content, plot_div='<div class="plot" id="fig-activations"></div>')
     figs = {"fig-activations": activation_figure(content.examples)}
     return page(f"Feature {content.feature['id']}", body, PLOTLY_FROM_FEATURE, scripts(figs))
 
@@ -170,7 +170,7 @@ def render_circuits(files: list[CircuitFile]) -> tuple[list[CircuitFile], dict[i
     for c in files:
         if c.graph is not None:
             try:  # plotly is loaded by the feature page's head, so no plotly_src here
-                block = pages.circuit_block_html(c.name, c.graph, circuit_fragment_html(c.graph))
+                block = findings.circuit_block_html(c.name, c.graph, circuit_fragment_html(c.graph))
             except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
                 c = CircuitFile(c.name, None, error=f"malformed graph: {type(exc).__name__}: {exc}")
             else:
@@ -186,10 +186,10 @@ def _audit_sections(run: RunFolder, store: StoreData, paged: set[int], circuits:
     if store.diffs:
         rows = [d for ds in store.diffs.values() for d in ds]
         summary = read_diff_summary(run)
-        out += "<h2>Model diff</h2>" + pages.diff_html(rows, summary.summary, summary.error, paged,
+        out += "<h2>Model diff</h2>" + findings.diff_html(rows, summary.summary, summary.error, paged,
                                                       _ok_texts(store, store.diffs))
     if circuits:
-        out += "<h2>Circuits</h2>" + pages.circuits_html(circuits, paged)
+        out += "<h2>Circuits</h2>" + findings.circuits_html(circuits, paged)
     return out
 
 
@@ -213,7 +213,7 @@ def report_html(run: RunFolder, store: StoreData, dicts: dict[str, DictionaryInf
             f"<h2>Dictionaries</h2>{pages.dictionaries_html(dicts)}"
             f"<h2>Features</h2>{db_note}{pages.counts_html(store.features, all_expl, all_scores)}"
             '<div class="plot" id="fig-density"></div>'
-            "<h2>Flagged features</h2>" + pages.flagged_html(store.flags, store.by_id, paged,
+            "<h2>Flagged features</h2>" + findings.flagged_html(store.flags, store.by_id, paged,
                                                                   _ok_texts(store, store.flags))
             + behaviour_html + _audit_sections(run, store, paged, list(circuits))
             + "<h2>Scores against controls</h2>"
@@ -272,7 +272,7 @@ def build_report(run_dir: str | Path, *, progress: bool = True,
 
 
 # ------------------------------------------------------------------------- notebook helpers
-def _one_feature(run_dir: str | Path, feature_id: int) -> pages.FeatureContent:
+def _one_feature(run_dir: str | Path, feature_id: int) -> feature_page.FeatureContent:
     run = RunFolder(run_dir)
     store = read_store(run)
     feature = store.by_id.get(feature_id)
@@ -290,7 +290,7 @@ def _one_feature(run_dir: str | Path, feature_id: int) -> pages.FeatureContent:
 def feature_fragment_html(run_dir: str | Path, feature_id: int) -> str:
     """One feature's page content as an HTML fragment (styles inline, no scripts, no plotly), for a
     notebook's ``_repr_html_``."""
-    body = pages.feature_body(_one_feature(run_dir, feature_id))
+    body = feature_page.feature_body(_one_feature(run_dir, feature_id))
     return f'<div class="{FRAGMENT_CLASS}"><style>{scoped_css(FRAGMENT_CLASS)}</style>{body}</div>'
 
 
