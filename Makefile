@@ -10,7 +10,7 @@ DEMO_OUT    ?= runs/demo
 DEMO_ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup fetch peers browser test test-slow demo bench clean
+.PHONY: setup fetch fetch-all peers browser test test-slow demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# make test needs SmolLM2 and MiniLM; make test-slow also the second family, Gemma 3 270M
 fetch: $(STAMP)
+	$(BIN)/autointerp fetch smollm2-135m all-minilm-l6-v2
+
+fetch-all: $(STAMP)
 	$(BIN)/autointerp fetch
 
 # the real SAE Lens and sparsify packages, each in its own venv (their pins differ from ours), for
@@ -46,7 +50,7 @@ browser:
 test: fetch browser
 	AUTOINTERP_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -m "not slow and not peers" $(PYTEST_ARGS)
 
-test-slow: fetch peers
+test-slow: fetch-all peers
 	AUTOINTERP_REQUIRE_PEERS=1 $(BIN)/python -m pytest -m "slow or peers" $(PYTEST_ARGS)
 
 # the main job on the embedded defaults: cache -> train -> evaluate -> examples -> explain -> score -> report

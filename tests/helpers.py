@@ -29,13 +29,14 @@ def make_tiny_model(path: Path, tokenizer_dir: Path, n_layers: int = 4, d_model:
 
 
 def make_tiny_gemma(path: Path, tokenizer_dir: Path, n_layers: int = 4, d_model: int = 32, sliding_window: int = 4,
-                    softcap: float | None = None, seed: int = 0) -> Path:
-    """A tiny random Gemma 3 (the real 262k-token Gemma tokenizer): scaled embeddings, every
-    layer but the last on a ``sliding_window``-token window, optional final logit soft-capping."""
+                    softcap: float | None = None, vocab_size: int = 262_144, seed: int = 0) -> Path:
+    """A tiny random Gemma 3: Gemma's 262,144-row vocabulary (the tokenizer of ``tokenizer_dir``
+    uses its first ids), scaled embeddings, every layer but the last on a ``sliding_window``-token
+    window, optional final logit soft-capping."""
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model,
+    cfg = Gemma3TextConfig(vocab_size=max(vocab_size, len(tok)), hidden_size=d_model, intermediate_size=2 * d_model,
                            num_hidden_layers=n_layers, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
                            query_pre_attn_scalar=16, sliding_window=sliding_window,
                            layer_types=["sliding_attention"] * (n_layers - 1) + ["full_attention"],

@@ -1,5 +1,6 @@
 """The second model family, Gemma 3: what differs from Llama, each proven on a tiny random Gemma 3
-(the real 262k-token tokenizer), and the embedded Gemma 3 270M end to end.
+(Gemma's 262,144-row vocabulary; the SmolLM2 tokenizer's ids, so that `make test` needs no Gemma
+download), and the embedded Gemma 3 270M end to end (marked slow: `make test-slow` fetches it).
 
 * scaled input embeddings (``sqrt(d) * E[t]``, inside the embedding module): the cached
   ``blocks.0.hook_in`` is the scaled embedding, and the trigger search's ``inputs_embeds`` path
@@ -28,10 +29,8 @@ WINDOW = 4
 
 
 @pytest.fixture(scope="module")
-def gemma_tokenizer_dir():
-    from autointerp.models import resolve
-
-    return resolve("gemma3-270m")[0]
+def gemma_tokenizer_dir(tokenizer_dir):
+    return tokenizer_dir
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +70,16 @@ def test_cached_activations_equal_the_plain_forward_beyond_the_window(tiny_gemma
 
 
 def test_probe_log_probabilities_are_soft_capped_like_the_model(tiny_gemma):
-    from autointerp.flagging.signals import measure
+    from autointerp.flagging.signals import completion_ids, measure, prompt_ids
 
     prompts, completions = ["The cat sat on the mat and then it", "A long way from home"], [" slept", " again"]
     got = measure(tiny_gemma, prompts, completions, "blocks.1.hook_out", bos=True)
     tok, hf = tiny_gemma.tokenizer, tiny_gemma.hf_model
     for i, p in enumerate(prompts):
         for j, c in enumerate(completions):
-            ids = tok(p + c, return_tensors="pt").input_ids
-            n_c = len(tok(p + c).input_ids) - len(tok(p).input_ids)
+            c_ids = completion_ids(tok, c, False)
+            ids = torch.tensor([prompt_ids(tok, p, True, False) + c_ids])  # one row alone: no padding
+            n_c = len(c_ids)
             with torch.no_grad():
                 logits = hf(ids).logits[0].float()
             assert logits.abs().max() <= 5.0  # capped at c = 5
@@ -129,7 +129,7 @@ def test_trigger_search_inputs_embeds_are_scaled_like_the_ids(tiny_gemma_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, dtype=torch.float32)
     ids = torch.tensor([tok("tell me a purple story", add_special_tokens=True)["input_ids"]])
     at, n = 2, 2
-    one_hot = torch.zeros(n, len(tok))
+    one_hot = torch.zeros(n, model.get_input_embeddings().weight.shape[0])  # 262,144 rows
     one_hot[torch.arange(n), ids[0, at:at + n]] = 1.0
     with torch.no_grad():
         got = inputs_embeds(model, ids, at, one_hot)
@@ -140,6 +140,7 @@ def test_trigger_search_inputs_embeds_are_scaled_like_the_ids(tiny_gemma_dir):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_embedded_gemma_runs_cache_train_evaluate(tmp_path):
     """The real Gemma 3 270M (dequantized from its four chunks): cache, train, evaluate from the CLI."""
     out = tmp_path / "run"
