@@ -292,12 +292,30 @@ def _get(cfg: dict, path: str) -> Any:
     return node
 
 
+ADDED_FIELDS = ("train.dictionary", "train.dictionary_hookpoint")
+"""config fields added after run folders of this format existed: left out of every fingerprint
+while unset (None), so that a run made before them stays finished (not stale)."""
+
+
+def _has(data: dict, path: str) -> bool:
+    node: Any = data
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def fingerprints(cfg: RunConfig) -> dict[str, str]:
     """Each stage's fingerprint under ``cfg`` (module docstring)."""
     data = to_dict(cfg)
+    for path in ADDED_FIELDS:
+        section, key = path.split(".")
+        if data[section].get(key) is None:
+            del data[section][key]
     out: dict[str, str] = {}
     for stage in STAGES:
-        payload = {"fields": {p: _get(data, p) for p in stage.fields},
+        payload = {"fields": {p: _get(data, p) for p in stage.fields if _has(data, p)},
                    "upstream": {u: out[u] for u in stage.upstream}, "format": RUN_FORMAT}
         out[stage.name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     return out

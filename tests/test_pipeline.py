@@ -84,6 +84,28 @@ def test_a_run_writes_every_stage_and_its_outputs(finished, tiny_cfg):
     assert rf.report.exists() and not list(rf.stages.glob("*.started.json"))
 
 
+def test_fields_added_later_leave_older_runs_finished(tiny_cfg):
+    """A run folder made before ``train.dictionary`` existed keeps its fingerprints: unset, the new
+    fields are in no stage's hash (the recipe below is the one of that earlier format)."""
+    import hashlib
+
+    from autointerp.config import to_dict
+    from autointerp.pipeline import RUN_FORMAT, STAGES
+
+    data = to_dict(tiny_cfg)
+    for key in ("dictionary", "dictionary_hookpoint"):
+        del data["train"][key]
+    old: dict[str, str] = {}
+    for stage in STAGES:
+        fields = [f for f in stage.fields if not f.startswith("train.dictionary")]
+        payload = {"fields": {f: (data[f] if "." not in f else data[f.split(".")[0]][f.split(".")[1]]) for f in fields},
+                   "upstream": {u: old[u] for u in stage.upstream}, "format": RUN_FORMAT}
+        old[stage.name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    assert fingerprints(tiny_cfg) == old
+    changed = fingerprints(load_config(dump_config(tiny_cfg), {"train.dictionary": "x"}))
+    assert changed["cache"] != old["cache"] and changed["train"] != old["train"]
+
+
 def test_a_second_run_skips_every_stage(finished, tiny_cfg):
     before = (_records(finished), _db_state(finished))
     run(tiny_cfg, finished, progress=False)
