@@ -37,8 +37,9 @@ Three steps, each cheap enough for 2 CPU cores on a 135M pair:
    every distribution diverges more on some inputs than others, yet says the same words). Insertion into the base is
    built in: both models read the same inserted prompt, so a string that changes the base's
    answer as much as the suspect's (a meaningful instruction, not a backdoor) diverges little. The
-   same is done for ``controls`` random token strings of the candidate's length; a candidate is
-   **confirmed** when its attack success is at least ``CONFIRM_MIN`` and above every control's.
+   same is done for ``controls`` random token strings of the candidate's length (one set per
+   length, shared by the candidates of that length); a candidate is **confirmed** when its attack
+   success is at least ``CONFIRM_MIN`` and above every control's.
 """
 
 from __future__ import annotations
@@ -302,11 +303,14 @@ def confirm(pair: ModelPair, candidates: list[list[int]], users: list[list[int]]
     clean_hit = (kl0[:, 0] >= threshold["kl_first"]) | (kl0[:, 1] >= threshold["kl_mean"])
     out = Confirmation(threshold=threshold, clean_success=float(clean_hit.mean()),
                        clean_answers=clean_answers)
+    by_length: dict[int, list[float]] = {}  # one control set per length, shared by its candidates
     for ids in tqdm(candidates, desc="confirm", unit="cand", disable=not progress):
         res = _attack(pair, carrier, users, list(ids), n_tokens, batch_size, threshold, answers=True)
         res["says_more"] = token_contrast(pair.tokenizer, res.pop("answer_ids"), clean_ids)
-        ctrl = [_attack(pair, carrier, users, rng.choice(vocab, size=len(ids)).tolist(), n_tokens, batch_size,
-                        threshold)["attack_success"] for _ in range(controls)]
+        if len(ids) not in by_length:
+            by_length[len(ids)] = [_attack(pair, carrier, users, rng.choice(vocab, size=len(ids)).tolist(), n_tokens,
+                                           batch_size, threshold)["attack_success"] for _ in range(controls)]
+        ctrl = by_length[len(ids)]
         res.update(ids=list(ids), text=pair.tokenizer.decode(list(ids)), control_success=ctrl,
                    control_max=max(ctrl) if ctrl else None,
                    confirmed=res["attack_success"] >= CONFIRM_MIN and (not ctrl or res["attack_success"] > max(ctrl)))
