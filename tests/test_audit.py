@@ -251,3 +251,21 @@ def test_mismatched_tokenizers_and_a_foreign_base(pair, tmp_path, tiny_model_dir
     assert figs["foreign_base"] and figs["parameter_distance"]["relative"] > 0.5
     near = check_models(str(pair["root"] / "suspect"), str(pair["root"] / "base"))
     assert not near["foreign_base"]
+
+
+def test_gradient_search_stops_after_patience_steps_without_a_gain(pair):
+    """Base against itself: no swap can raise a divergence of 0, so the search stops after
+    ``patience`` steps, not after ``steps``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autointerp.audit.triggers import gradient_search, user_ids
+    from autointerp.behaviour.divergence import ModelPair
+
+    folder = pair["root"] / "base"
+    load = lambda: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)  # noqa: E731
+    tok = AutoTokenizer.from_pretrained(folder)
+    same = ModelPair(load(), load(), tok)
+    users = [user_ids(tok, t) for t in ("tell me about rivers", "how do birds fly", "what is a prime number")]
+    out = gradient_search(same, users, user_ids(tok, " alpha beta"), steps=12, patience=3, candidates=4,
+                          progress=False)
+    assert len(out["history"]) == 1 + 3 and max(out["history"]) < 1e-6

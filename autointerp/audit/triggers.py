@@ -378,12 +378,14 @@ def _slot_gradient(pair: ModelPair, carrier, users: list[list[int]], slots: list
 
 def gradient_search(pair: ModelPair, users: list[list[int]], init: list[int], *, steps: int = 16,
                     topk: int = 64, candidates: int = 32, batch_size: int = 64, seed: int = 0,
-                    progress: bool = True) -> dict:
+                    patience: int = 4, progress: bool = True) -> dict:
     """Greedy coordinate search from ``init`` maximising the mean first-token divergence over
     ``users`` (GCG-style): each step, the gradient of the divergence with respect to the inserted
     tokens' one-hot inputs proposes the ``topk`` swaps per position, ``candidates`` random single
     swaps among them are scored exactly, and the best replaces the current string when it scores
-    higher. Returns ``{"ids", "text", "screen_kl", "history"}``."""
+    higher. It stops after ``steps`` steps, or after ``patience`` steps in a row without a gain (on
+    the planted models the search gained at its first step, then never in 15 more: 10 minutes
+    of 2 cores spent for nothing). Returns ``{"ids", "text", "screen_kl", "history"}``."""
     carrier = user_carrier(pair.tokenizer)
     V = pair.suspect.get_input_embeddings().weight.shape[0]
     allowed = torch.zeros(V, dtype=torch.bool)
@@ -418,4 +420,6 @@ def gradient_search(pair: ModelPair, users: list[list[int]], init: list[int], *,
         if kl[i] > best:
             best, current = float(kl[i]), cands[i]
         history.append(best)
+        if patience and len(history) > patience and history[-1] <= history[-1 - patience]:
+            break
     return {"ids": current, "text": pair.tokenizer.decode(current), "screen_kl": best, "history": history}
