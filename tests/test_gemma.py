@@ -156,7 +156,8 @@ def test_embedded_gemma_runs_cache_train_evaluate(tmp_path):
     shutil.rmtree(out)
 
 
-@pytest.mark.parametrize("target", ["logit: the", "feature:blocks.2.mlp.hook_out/latent=3"])
+@pytest.mark.parametrize("target", ["logit: the",
+                                    pytest.param("feature:blocks.2.mlp.hook_out/latent=3", marks=pytest.mark.slow)])
 def test_circuit_attributions_sum_to_the_target_on_gemma(tmp_path, tiny_gemma, gemma_tokenizer_dir, target):
     """The circuit invariant of every architecture: the linearised replacement model (Gemma's extra
     post-attention and post-MLP norms and its scaled embedding frozen at the operating point)

@@ -125,14 +125,14 @@ def test_bad_published_dictionaries_are_clear_errors(tiny_model_dir, corpus, tmp
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "notes.txt").write_text("x")
-    proc = run_cli("run", "--out", str(tmp_path / "r2"), "--model", str(tiny_model_dir), "--dictionary", str(junk),
-                   "--cache.corpus", str(corpus), check=False)
-    assert proc.returncode == 2 and "not a dictionaries, SAE Lens or sparsify folder" in proc.stderr
+    from autointerp.pipeline import RunError
+
+    with pytest.raises(RunError, match="stage cache: .*not a dictionaries, SAE Lens or sparsify folder"):
+        run(_cfg(tiny_model_dir, corpus, junk), tmp_path / "r2", progress=False)
     nohook = _saelens_folder(tmp_path / "nohook", 64, hook=None)
     with pytest.raises(PublishedDictionaryError, match="does not say which hook point"):
         dictionary_hookpoint(nohook)
     far = _saelens_folder(tmp_path / "far", 64, hook="blocks.40.hook_resid_post")
-    proc = run_cli("run", "--out", str(tmp_path / "r3"), "--model", str(tiny_model_dir), "--dictionary", str(far),
-                   "--cache.corpus", str(corpus), check=False)
-    assert proc.returncode == 2 and "blocks.40.hook_out" in proc.stderr
+    with pytest.raises(RunError, match="stage cache: .*blocks.40.hook_out"):
+        run(_cfg(tiny_model_dir, corpus, far), tmp_path / "r3", progress=False)
     shutil.rmtree(tmp_path / "r1", ignore_errors=True)
