@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from autointerp.cli.registry import command, UserError
+from autointerp.cli.registry import UserError, command
 
 
 def _diff_args(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autointerp.cli.registry import _threads, command, UserError
+from autointerp.cli.registry import UserError, _threads, command
 
 
 # ------------------------------------------------------------------------------ explain / score

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import time
 import sys
+import time
 
-from autointerp.cli.registry import command, UserError
+from autointerp.cli.registry import UserError, command
 
 
 # ------------------------------------------------------------------------------------ run
