@@ -115,7 +115,9 @@ def _run_cache(ctx: RunContext) -> dict:
     model = ctx.model()
     hookpoints = _resolve_hookpoints(c.hookpoints, model.n_layers)
     if t.dictionary:  # a published dictionary: its hook point, checked before anything is cached
-        hookpoints = [_published_hookpoint(ctx, model)]
+        from autointerp.published import model_hookpoint
+
+        hookpoints = [model_hookpoint(t.dictionary, model, ctx.cfg.model, t.dictionary_hookpoint)]
     cache_cfg = c.job(ctx.cfg.model, ctx.cfg.device, hookpoints)
     folders = cache_activations(cache_cfg, ctx.run.activations, model=model)
     figures = {}
@@ -125,20 +127,6 @@ def _run_cache(ctx: RunContext) -> dict:
         if m["corpus_exhausted"]:
             log.warning("cache: the corpus ran out at %d tokens (asked for %d)", m["tokens"], c.tokens)
     return {"hookpoints": figures}
-
-
-def _published_hookpoint(ctx: RunContext, model) -> str:
-    import torch
-
-    from autointerp.models.hookpoints import capture, validate_hookpoints
-    from autointerp.published import check_width, dictionary_hookpoint
-
-    t = ctx.cfg.train
-    hp = dictionary_hookpoint(t.dictionary, t.dictionary_hookpoint)
-    validate_hookpoints(model, [hp])
-    width = capture(model, torch.tensor([[model.tokenizer.bos_token_id or 0] * 2]), [hp])[hp].shape[-1]
-    check_width(t.dictionary, int(width), ctx.cfg.model, hp)
-    return hp
 
 
 def _cache_folders(ctx: RunContext) -> list[str]:

@@ -72,6 +72,21 @@ def check_width(path: str | Path, width: int, model: str, hookpoint: str) -> Non
             f"this dictionary was not made for this model and hook point")
 
 
+def model_hookpoint(path: str | Path, model, spec: str, override: str | None = None) -> str:
+    """The dictionary's hook point (:func:`dictionary_hookpoint`), checked against the loaded
+    ``model`` (``spec`` names it in errors): it exists there, and the dictionary's width is the
+    model's width there (one forward pass of two tokens), before anything is cached."""
+    import torch
+
+    from autointerp.models.hookpoints import capture, validate_hookpoints
+
+    hp = dictionary_hookpoint(path, override)
+    validate_hookpoints(model, [hp])
+    width = capture(model, torch.tensor([[model.tokenizer.bos_token_id or 0] * 2]), [hp])[hp].shape[-1]
+    check_width(path, int(width), spec, hp)
+    return hp
+
+
 def import_dictionary(path: str | Path, cache_folder: str | Path, out_root: str | Path) -> Path:
     """Write the dictionary at ``path`` into ``out_root/<hookpoint>/`` (our format, with its
     provenance) for the activation cache at ``cache_folder``; returns the folder."""

@@ -30,24 +30,24 @@ def _known() -> str:
     return ", ".join(f"blocks.L.{o} / blocks.L.{s}" for o, s in _PAIRS)
 
 
-def from_saelens(name: str) -> str:
-    """Our name of an SAE Lens ``hook_name`` (ours pass through)."""
-    m = _BLOCK.match(name)
-    if m:
-        for ours, theirs in _PAIRS:
-            if m.group(2) in (theirs, ours):
-                return f"blocks.{m.group(1)}.{ours}"
-    raise ValueError(f"hook point {name!r} has no equivalent here; understood (ours / SAE Lens): {_known()}")
-
-
-def to_saelens(name: str) -> str:
-    """The SAE Lens ``hook_name`` of one of our hook points."""
+def _convert(name: str, to_ours: bool) -> str:
     m = _BLOCK.match(name)
     if m:
         for ours, theirs in _PAIRS:
             if m.group(2) in (ours, theirs):
-                return f"blocks.{m.group(1)}.{theirs}"
-    raise ValueError(f"hook point {name!r} has no SAE Lens name; understood (ours / SAE Lens): {_known()}")
+                return f"blocks.{m.group(1)}.{ours if to_ours else theirs}"
+    raise ValueError(f"hook point {name!r} has no {'equivalent here' if to_ours else 'SAE Lens name'}; "
+                     f"understood (ours / SAE Lens): {_known()}")
+
+
+def from_saelens(name: str) -> str:
+    """Our name of an SAE Lens ``hook_name`` (ours pass through)."""
+    return _convert(name, to_ours=True)
+
+
+def to_saelens(name: str) -> str:
+    """The SAE Lens ``hook_name`` of one of our hook points (SAE Lens names pass through)."""
+    return _convert(name, to_ours=False)
 
 
 def from_sparsify(module: str) -> str:
