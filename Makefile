@@ -10,7 +10,7 @@ DEMO_OUT    ?= runs/demo
 DEMO_ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup fetch fetch-all peers browser test test-slow demo bench clean
+.PHONY: setup fetch fetch-all peers servers browser test test-slow test-servers demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,17 @@ $(PEERS): benchmarks/peers/setup_peers.sh
 
 peers: $(PEERS)
 
+# llama-cpp-python's OpenAI-compatible server, in its own venv, for the tests marked `server` (it
+# builds llama.cpp from source: ~5 min cold on 2 cores; seconds when pip's wheel cache has it)
+LLAMACPP := benchmarks/_venvs/llamacpp
+SERVERS  := benchmarks/_venvs/.servers-stamp
+$(SERVERS):
+	test -x $(LLAMACPP)/bin/python || $(PYTHON) -m venv $(LLAMACPP)
+	$(LLAMACPP)/bin/python -m pip install -q --disable-pip-version-check 'llama-cpp-python[server]==0.3.36'
+	touch $(SERVERS)
+
+servers: $(SERVERS)
+
 # the browser test renders the report in Debian's Chromium (installed here when missing)
 browser:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
@@ -48,10 +59,14 @@ browser:
 # whose venvs take minutes to install); `make test-slow` runs both, failing where a peer venv is
 # missing rather than skipping. .ci/run runs both targets.
 test: fetch browser
-	AUTOINTERP_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -m "not slow and not peers" $(PYTEST_ARGS)
+	AUTOINTERP_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -m "not slow and not peers and not server" $(PYTEST_ARGS)
 
 test-slow: fetch-all peers
-	AUTOINTERP_REQUIRE_PEERS=1 $(BIN)/python -m pytest -m "slow or peers" $(PYTEST_ARGS)
+	AUTOINTERP_REQUIRE_PEERS=1 $(BIN)/python -m pytest -m "(slow or peers) and not server" $(PYTEST_ARGS)
+
+# every LLM explainer and scorer end to end through a real llama.cpp server (tests marked server)
+test-servers: fetch servers
+	AUTOINTERP_REQUIRE_SERVER=1 $(BIN)/python -m pytest -m server $(PYTEST_ARGS)
 
 # the main job on the embedded defaults: cache -> train -> evaluate -> examples -> explain -> score -> report
 # (resumable: run it again after an interruption; DEMO_ARGS passes overrides, e.g. --train.k 64)

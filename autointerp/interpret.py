@@ -36,6 +36,7 @@ import re
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 from autointerp.examples import Example, ExamplesConfig, LatentRecord, iter_latent_records
 from autointerp.explainers import Explanation, build_explainer, token_counts
 from autointerp.featuredb import FeatureDB
-from autointerp.llm.base import LLMClient
+from autointerp.llm.base import Deadline, LLMClient
 from autointerp.scorers import Score, build_scorer, score_with_controls
 from autointerp.training import PROVENANCE
 
@@ -227,6 +228,8 @@ class RunCounts:
     """items that ended ``ok``."""
     failed: int = 0
     """items stored with a failure status (still to do)."""
+    deadline_passed: bool = False
+    """the call's deadline passed: what it stopped is stored as ``timeout``."""
 
 
 def build_named_explainer(name: str, dictionary_dir: str | Path, tokenizer, client: LLMClient | None = None):
@@ -246,16 +249,30 @@ def _put_explanation(db: FeatureDB, feature_id: int, name: str, model: str, e: E
     return db.put_explanation(feature_id, name, model, e.status, text=e.text, raw_response=e.raw, error=e.error)
 
 
+@contextmanager
+def _deadline(client: LLMClient | None, seconds: float | None):
+    """``client.deadline`` set to ``seconds`` from now while inside (None: no deadline)."""
+    if client is None or seconds is None:
+        yield
+        return
+    before, client.deadline = client.deadline, Deadline(seconds)
+    try:
+        yield
+    finally:
+        client.deadline = before
+
+
 def explain(db_path: str | Path, dictionary_dir: str | Path, explainer_name: str, client: LLMClient | None = None,
             tokenizer=None, features: FeatureSelection | str | Iterable[int] | None = None, *,
-            concurrency: int = 1, progress: bool = True) -> RunCounts:
+            concurrency: int = 1, progress: bool = True, deadline: float | None = None) -> RunCounts:
     """Explain every live feature of the dictionary with no ``ok`` explanation by
     ``(explainer_name, model)`` yet (never tried or failed), and store each outcome.
 
     ``client``: for the LLM explainers; ``tokenizer`` defaults to the dictionary model's.
     ``concurrency`` features are explained together (``Explainer.explain_many``: a batch on a
     local model, concurrent requests on an endpoint); the results of each chunk are stored before
-    the next chunk starts.
+    the next chunk starts. ``deadline``: seconds for the whole call; the requests it stops are
+    stored as ``timeout`` (redone by the next call).
     Call :func:`prepare_features` first.
     """
     if concurrency < 1:
@@ -265,7 +282,7 @@ def explain(db_path: str | Path, dictionary_dir: str | Path, explainer_name: str
     model = _explainer_model(explainer_name, client)
     name = dictionary_name(dictionary_dir)
     counts = RunCounts()
-    with FeatureDB(db_path) as db:
+    with FeatureDB(db_path) as db, _deadline(client, deadline):
         todo = _selected(db, name, db.explanations_todo(explainer_name, model, name), _as_selection(features))
         with tqdm(total=len(todo), desc=f"explain {explainer_name}", disable=not progress) as bar:
             # `concurrency` records go to the explainer together (one batch for a local model,
@@ -278,7 +295,9 @@ def explain(db_path: str | Path, dictionary_dir: str | Path, explainer_name: str
                     _put_explanation(db, f["id"], explainer_name, model, result)
                     counts.done += result.ok
                     counts.failed += not result.ok
+                bar.set_postfix(ok=counts.done, failed=counts.failed, refresh=False)
                 bar.update(len(chunk))
+        counts.deadline_passed = client is not None and client.deadline is not None and client.deadline.passed
     return counts
 
 
@@ -321,10 +340,11 @@ def _baseline_text(db: FeatureDB, feature: dict, record: LatentRecord, baseline)
 def score(db_path: str | Path, dictionary_dir: str | Path, scorer_name: str, client: LLMClient | None = None,
           tokenizer=None, explainer_name: str | None = None,
           features: FeatureSelection | str | Iterable[int] | None = None, *, seed: int = 0,
-          progress: bool = True) -> RunCounts:
+          progress: bool = True, deadline: float | None = None) -> RunCounts:
     """Score every ``ok`` explanation (of ``explainer_name``, or of every explainer) of the
     dictionary that has no ``ok`` score by ``scorer_name`` yet, with its controls (module
     docstring). ``RunCounts`` counts the explanations under test, not the controls.
+    ``deadline``: seconds for the whole call; what it stops is stored as ``timeout`` (redone next time).
     """
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(dictionary_dir)
     scorer = build_named_scorer(scorer_name, tokenizer, client)
@@ -333,7 +353,7 @@ def score(db_path: str | Path, dictionary_dir: str | Path, scorer_name: str, cli
     name = dictionary_name(dictionary_dir)
     sel = _as_selection(features)
     counts = RunCounts()
-    with FeatureDB(db_path) as db:
+    with FeatureDB(db_path) as db, _deadline(client, deadline):
         rows: dict[int, dict] = {}
         for control in ("none", "random_explanation", "baseline"):  # a failed control is work to redo too
             for r in db.scores_todo(scorer_name, model, control, explainer=explainer_name):
@@ -343,7 +363,8 @@ def score(db_path: str | Path, dictionary_dir: str | Path, scorer_name: str, cli
         feats = {f["id"]: f for f in db.features(name)}
         # candidates for the random control, in id order so the seeded pick is reproducible
         ok_expl = [e for e in db.explanations(status="ok") if e["feature_id"] in feats]
-        for row in tqdm(todo, desc=f"score {scorer_name}", disable=not progress):
+        bar = tqdm(todo, desc=f"score {scorer_name}", disable=not progress)
+        for row in bar:
             feature = feats[row["feature_id"]]
             record = record_from_db(db, feature)
             controls: dict[str, str] = {}
@@ -370,7 +391,20 @@ def score(db_path: str | Path, dictionary_dir: str | Path, scorer_name: str, cli
                     extra["baseline"] = {"control_text": text}
                 else:
                     missing["baseline"] = _failed(scorer_name, why)
-            scores = {**score_with_controls(scorer, record, row["text"], controls), **missing}
+            if client is not None and client.deadline is not None and client.deadline.passed:
+                # past the deadline: nothing is asked; the row is stored as timed out, to redo
+                why = client.deadline.failure().error
+                scores = {"explanation": Score.failed(scorer_name, "timeout", why),
+                          **{c: Score.failed(scorer_name, "timeout", why) for c in controls}, **missing}
+            else:
+                scores = {**score_with_controls(scorer, record, row["text"], controls), **missing}
+                if client is not None and client.deadline is not None and client.deadline.passed:
+                    # the deadline passed during this row: a score computed without its timed-out
+                    # items would look complete; it is stored as timed out instead
+                    scores = {k: (Score.failed(scorer_name, "timeout", "the job's deadline passed while scoring: "
+                                               f"{v.details.get('failures')}", method=v.method)
+                                  if v.details.get("failures", {}).get("timeout") else v)
+                              for k, v in scores.items()}
             with db.transaction():  # the score and its controls land together
                 _put(db, row["feature_id"], row["explanation_id"], scorer_name, model, "none",
                      scores["explanation"], {})
@@ -381,6 +415,8 @@ def score(db_path: str | Path, dictionary_dir: str | Path, scorer_name: str, cli
                          extra["baseline"])
             counts.done += scores["explanation"].ok
             counts.failed += not scores["explanation"].ok
+            bar.set_postfix(ok=counts.done, failed=counts.failed, refresh=False)
+        counts.deadline_passed = client is not None and client.deadline is not None and client.deadline.passed
     return counts
 
 

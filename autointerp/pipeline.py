@@ -75,8 +75,16 @@ class RunContext:
             if c.endpoint:
                 from autointerp.llm import OpenAICompatibleClient
 
-                self._models["client"] = OpenAICompatibleClient(c.endpoint, c.endpoint_model, api_key_env=c.api_key_env,
-                                                                concurrency=self.cfg.explain.concurrency)
+                tokenizer = None
+                if c.endpoint_tokenizer:
+                    from transformers import AutoTokenizer
+
+                    from autointerp.models import resolve
+
+                    tokenizer = AutoTokenizer.from_pretrained(resolve(c.endpoint_tokenizer)[0])
+                self._models["client"] = OpenAICompatibleClient(
+                    c.endpoint, c.endpoint_model, api_key_env=c.api_key_env, concurrency=self.cfg.explain.concurrency,
+                    timeout_s=c.timeout_s, max_retries=c.retries, tokenizer=tokenizer)
             else:
                 from autointerp.llm import LocalClient
 
@@ -182,6 +190,14 @@ def _run_examples(ctx: RunContext) -> dict:
     return {"dictionaries": out}
 
 
+def _check_deadline(stage: str, counts, deadline: float | None) -> None:
+    """A stage whose deadline stopped requests does not finish: its rows are stored as ``timeout``
+    and the next ``autointerp run`` redoes them."""
+    if deadline is not None and counts.deadline_passed and counts.failed:
+        raise RunError(f"stage {stage}: its deadline of {deadline:g}s passed with {counts.failed} item(s) stored "
+                       f"as failed (timeout). Run again to finish them (nothing done is redone)")
+
+
 def _run_explain(ctx: RunContext) -> dict:
     from autointerp import interpret
     from autointerp.featuredb import FeatureDB
@@ -193,7 +209,9 @@ def _run_explain(ctx: RunContext) -> dict:
             count = x.features if baseline else x.llm_features
             counts = interpret.explain(ctx.run.db, folder, name, client=None if baseline else ctx.client(),
                                        features=interpret.FeatureSelection(count=count) if count else None,
-                                       concurrency=x.concurrency, progress=ctx.progress)
+                                       concurrency=x.concurrency, progress=ctx.progress,
+                                       deadline=None if baseline else x.client.deadline_s)
+            _check_deadline("explain", counts, None if baseline else x.client.deadline_s)
             if counts.failed:
                 log.warning("explain %s/%s: %d explanations failed (stored with their status)",
                             folder.name, name, counts.failed)
@@ -212,7 +230,10 @@ def _run_score(ctx: RunContext) -> dict:
     for folder in ctx.dictionaries():
         for name in s.scorers:
             client = None if name == "embedding" else ctx.client()
-            counts = interpret.score(ctx.run.db, folder, name, client=client, seed=s.seed, progress=ctx.progress)
+            deadline = None if client is None else ctx.cfg.explain.client.deadline_s
+            counts = interpret.score(ctx.run.db, folder, name, client=client, seed=s.seed, progress=ctx.progress,
+                                     deadline=deadline)
+            _check_deadline("score", counts, deadline)
             if counts.failed:
                 log.warning("score %s/%s: %d scores failed (stored with their status)", folder.name, name,
                             counts.failed)
@@ -280,9 +301,19 @@ def _get(cfg: dict, path: str) -> Any:
     return node
 
 
-ADDED_FIELDS = ("train.dictionary", "train.dictionary_hookpoint")
+ADDED_FIELDS = ("train.dictionary", "train.dictionary_hookpoint", "explain.client.endpoint_tokenizer")
 """config fields added after run folders of this format existed: left out of every fingerprint
 while unset (None), so that a run made before them stays finished (not stale)."""
+OPERATIONAL_FIELDS = ("explain.client.timeout_s", "explain.client.retries", "explain.client.deadline_s")
+"""config fields that bound how long a stage may take, never what it computes: in no fingerprint."""
+
+
+def _pop(data: dict, path: str) -> None:
+    *parents, key = path.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    del node[key]
 
 
 def _has(data: dict, path: str) -> bool:
@@ -298,9 +329,11 @@ def fingerprints(cfg: RunConfig) -> dict[str, str]:
     """Each stage's fingerprint under ``cfg`` (module docstring)."""
     data = to_dict(cfg)
     for path in ADDED_FIELDS:
-        section, key = path.split(".")
-        if data[section].get(key) is None:
-            del data[section][key]
+        if _has(data, path) and _get(data, path) is None:
+            _pop(data, path)
+    for path in OPERATIONAL_FIELDS:
+        if _has(data, path):
+            _pop(data, path)
     out: dict[str, str] = {}
     for stage in STAGES:
         payload = {"fields": {p: _get(data, p) for p in stage.fields if _has(data, p)},

@@ -56,3 +56,25 @@ def text_corpus(tmp_path):
         (d / f"doc{i}.txt").write_text(
             f"Document {i}. " + " ".join(f"The quick brown fox {j} jumps over the lazy dog." for j in range(40)))
     return d
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """The base URL (``http://127.0.0.1:PORT/v1``) of a real llama.cpp server (llama-cpp-python)
+    serving the embedded SmolLM2 GGUF, for the tests marked ``server``. Skips when its venv is
+    missing (``make servers``), except under ``AUTOINTERP_REQUIRE_SERVER=1`` (``make test-servers``),
+    where that fails."""
+    import os
+
+    from llama_server import LlamaServer, venv_ready
+
+    from autointerp.models.embedded import SMOLLM2_GGUF
+
+    if not venv_ready():
+        message = "llama-cpp-python venv missing: run `make servers`"
+        if os.environ.get("AUTOINTERP_REQUIRE_SERVER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    log = tmp_path_factory.mktemp("llama_server") / "server.log"
+    with LlamaServer(SMOLLM2_GGUF.ensure(), log=log) as url:
+        yield url

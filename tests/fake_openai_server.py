@@ -1,4 +1,4 @@
-"""A loopback OpenAI-compatible server for tests: ``POST /v1/chat/completions`` only.
+"""A loopback OpenAI-compatible server for tests: ``POST /v1/chat/completions`` and ``/v1/completions``.
 
 Each request takes the next :class:`Reply` from a queue (``server.push(...)``), or the
 default reply when the queue is empty. Kinds:
@@ -10,7 +10,16 @@ default reply when the queue is empty. Kinds:
 * ``500``: internal server error;
 * ``stall``: sleeps ``stall_s`` (bounded) before answering, to outlast a client timeout;
 * ``drop``: closes the connection without sending anything;
-* ``refuse``: a completion with ``finish_reason: content_filter``.
+* ``refuse``: a completion with ``finish_reason: content_filter``;
+* ``html``: HTTP 200 with an HTML page (``text/html``), as from a proxy's error page;
+* ``schema_violation``: (chat) a JSON answer that breaks any schema asked for (``{"answer": 7}``);
+* ``reject_schema``: (chat) HTTP 400 when the request carries a ``response_format``, else ``good``.
+
+``/v1/completions`` (teacher-forced reading: ``echo`` with ``logprobs``) answers ``good`` with one
+token per character of the prompt, each with log-probability ``-0.1`` and the alternatives
+``{char: -0.1, "1": -1.5, "0": -2.5}`` (ranked), then one generated token ``"!"``; kinds
+``no_logprobs`` (no ``logprobs`` object) and ``wrong_tokens`` (the tokens of another text) test the
+client's checks, and the transport kinds above apply too.
 
 Every request is recorded (headers, body, time) and the server tracks the peak number of
 requests in flight. It binds 127.0.0.1 on a free port, serves from a daemon thread and
@@ -104,6 +113,10 @@ class FakeOpenAIServer:
         with self._lock:
             self.in_flight -= 1
 
+    @staticmethod
+    def legacy_body(req: dict, kind: str) -> dict:
+        return _legacy_body(req, kind)
+
     def completion_body(self, req: dict, reply: Reply, finish_reason: str = "stop") -> dict:
         text = reply.text if reply.text is not None else (
             self.answer(req) if callable(self.answer) else self.answer)
@@ -122,6 +135,26 @@ class FakeOpenAIServer:
         return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                 "model": req.get("model", "fake"), "choices": [choice],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+def _legacy_logprobs(text: str) -> dict:
+    chars = list(text)
+    return {"tokens": chars, "text_offset": list(range(len(chars))), "token_logprobs": [None] + [-0.1] * (len(chars) - 1),
+            "top_logprobs": [None] + [{c: -0.1, "1": -1.5, "0": -2.5} for c in chars[1:]]}
+
+
+def _legacy_body(req: dict, kind: str) -> dict:
+    prompt = req.get("prompt", "")
+    text = (prompt if req.get("echo") else "") + "!"
+    choice: dict = {"index": 0, "text": text, "finish_reason": "length", "logprobs": None}
+    if kind != "no_logprobs" and req.get("logprobs") is not None:
+        shown = prompt if kind == "good" else prompt[:-3] + "XYZ"
+        lp = _legacy_logprobs(shown + "!")
+        lp["top_logprobs"][-1] = {"!": -0.1}
+        choice["logprobs"] = lp
+    return {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+            "model": req.get("model", "fake"), "choices": [choice],
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": 1, "total_tokens": len(prompt) + 1}}
 
 
 def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
@@ -161,11 +194,24 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 server._leave()
 
         def _answer(self, req: dict, reply: Reply) -> None:
-            if self.path.rstrip("/") != "/v1/chat/completions":
+            path = self.path.rstrip("/")
+            if path not in ("/v1/chat/completions", "/v1/completions"):
                 self._send(404, b'{"error": {"message": "not found"}}')
                 return
             kind = reply.kind
-            if kind == "good":
+            if kind == "reject_schema":
+                if "response_format" in req:
+                    self._send(400, b'{"error": {"message": "response_format is not supported"}}')
+                    return
+                kind = "good"
+            if path == "/v1/completions" and kind in ("good", "no_logprobs", "wrong_tokens"):
+                self._send(200, json.dumps(server.legacy_body(req, kind)).encode())
+                return
+            if kind == "schema_violation":
+                self._send(200, json.dumps(server.completion_body(req, Reply(text='{"answer": 7}'))).encode())
+            elif kind == "html":
+                self._send(200, b"<html><body>502 Bad Gateway</body></html>", ctype="text/html")
+            elif kind == "good":
                 time.sleep(reply.delay_s)
                 self._send(200, json.dumps(server.completion_body(req, reply)).encode())
             elif kind == "refuse":

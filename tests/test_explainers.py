@@ -237,7 +237,8 @@ def test_fake_server_outcomes(replies, status, raw, api_key, tok, record):
     with FakeOpenAIServer(answer="EXPLANATION: cats") as server:
         server.push(*replies)
         client = OpenAICompatibleClient(server.base_url, "fake-model", api_key_env=api_key, timeout_s=0.3,
-                                        max_retries=len(replies) - 1, backoff_base_s=0.01, backoff_max_s=0.02)
+                                        max_retries=len(replies) - 1, backoff_base_s=0.01, backoff_max_s=0.02,
+                                        structured=False)  # no probe: the queued replies are the answer's
         result = build_explainer("token-activation", client=client, tokenizer=tok).explain(record)
     assert result.status == status and result.raw == raw and result.model == "fake-model"
     assert result.text == ("cats" if status == "ok" else None)

@@ -118,7 +118,8 @@ def test_llm_failures_are_stored_and_redone(dictionary_dir, db_copy, tok, monkey
     with FakeOpenAIServer(answer="EXPLANATION: the letter e") as server:
         server.push("garbage", "429", "429", Reply("good", text="no marker here"))
         client = OpenAICompatibleClient(server.base_url, "fake-model", api_key_env="FAKE_INTERP_KEY",
-                                        max_retries=1, backoff_base_s=0.01, backoff_max_s=0.02)
+                                        max_retries=1, backoff_base_s=0.01, backoff_max_s=0.02,
+                                        structured=False)  # no probe: the queued replies are the answers
         first = explain(db_copy, dictionary_dir, "highlight", client=client, tokenizer=tok, features="6",
                         progress=False)
     assert (first.done, first.failed) == (3, 3)
@@ -130,7 +131,8 @@ def test_llm_failures_are_stored_and_redone(dictionary_dir, db_copy, tok, monkey
         assert any(r["raw_response"] == "no marker here" for r in failed.values())
         ok_before = {r["feature_id"]: (r["id"], r["created"]) for r in rows if r["status"] == "ok"}
     with FakeOpenAIServer(answer="EXPLANATION: the letter e") as good:
-        client = OpenAICompatibleClient(good.base_url, "fake-model", api_key_env="FAKE_INTERP_KEY", max_retries=0)
+        client = OpenAICompatibleClient(good.base_url, "fake-model", api_key_env="FAKE_INTERP_KEY", max_retries=0,
+                                        structured=False)
         again = explain(db_copy, dictionary_dir, "highlight", client=client, tokenizer=tok, features="6",
                         progress=False)
         assert len(good.requests) == 3  # exactly the failed ones

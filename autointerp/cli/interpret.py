@@ -18,6 +18,14 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint-model", default=None, help="model name at --endpoint")
     p.add_argument("--api-key-env", default=None,
                    help="environment variable holding the endpoint's API key (default: send no key)")
+    p.add_argument("--endpoint-tokenizer", default=None,
+                   help="model spec whose tokenizer and chat template the endpoint's model uses: enables "
+                        "teacher-forced scoring through the endpoint (/v1/completions with echo + logprobs, probed once)")
+    p.add_argument("--request-timeout", type=float, default=60.0, help="seconds per endpoint request (default 60)")
+    p.add_argument("--retries", type=int, default=5, help="retries of a failed endpoint request (default 5)")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds for the whole command: requests it stops are stored as timeout, and running the "
+                        "command again redoes only them")
     p.add_argument("--features", default=None, help="a count (50: the first 50 live features) or latents (0-9,15)")
     p.add_argument("--device", default="cpu", help="device of the local model and of the example pass")
     p.add_argument("--threads", type=int, default=None)
@@ -25,9 +33,11 @@ def _client_args(p: argparse.ArgumentParser) -> None:
 
 def _make_client(args: argparse.Namespace, concurrency: int = 1):
     """The LLM client the flags ask for: an endpoint, else a local model (the dictionary's by default)."""
+    if args.deadline is not None and not args.deadline > 0:
+        raise UserError(f"--deadline must be a positive number of seconds, got {args.deadline}")
     if args.endpoint is None:
-        if args.endpoint_model or args.api_key_env:
-            raise UserError("--endpoint-model and --api-key-env need --endpoint")
+        if args.endpoint_model or args.api_key_env or args.endpoint_tokenizer:
+            raise UserError("--endpoint-model, --api-key-env and --endpoint-tokenizer need --endpoint")
         from autointerp.interpret import model_spec
         from autointerp.llm import LocalClient
 
@@ -38,9 +48,17 @@ def _make_client(args: argparse.Namespace, concurrency: int = 1):
         raise UserError("--endpoint needs --endpoint-model")
     from autointerp.llm import OpenAICompatibleClient
 
+    tokenizer = None
+    if args.endpoint_tokenizer:
+        from transformers import AutoTokenizer
+
+        from autointerp.models import resolve
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve(args.endpoint_tokenizer)[0])
     try:
         return OpenAICompatibleClient(args.endpoint, args.endpoint_model, api_key_env=args.api_key_env,
-                                      concurrency=concurrency)
+                                      concurrency=concurrency, timeout_s=args.request_timeout,
+                                      max_retries=args.retries, tokenizer=tokenizer)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 
@@ -76,8 +94,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     interpret.prepare_features(args.dictionary, db, features=sel, device=args.device)
     client = None if args.explainer == interpret.BASELINE_EXPLAINER else _make_client(args, args.concurrency)
     counts = interpret.explain(db, args.dictionary, args.explainer, client=client, features=sel,
-                               concurrency=args.concurrency)
-    print(f"explain {args.explainer}: {counts.done} done, {counts.failed} failed -> {db}")
+                               concurrency=args.concurrency, deadline=args.deadline)
+    late = " (the deadline passed: run the command again to redo the failed)" if counts.deadline_passed else ""
+    print(f"explain {args.explainer}: {counts.done} done, {counts.failed} failed{late} -> {db}")
     return 0
 
 
@@ -107,7 +126,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     client = None if args.scorer == "embedding" else _make_client(args)
     counts = interpret.score(db, args.dictionary, args.scorer, client=client,
-                             explainer_name=args.explainer, features=sel, seed=args.seed)
+                             explainer_name=args.explainer, features=sel, seed=args.seed, deadline=args.deadline)
     line = interpret.format_summary(interpret.summary(db), args.scorer)
-    print(f"score {args.scorer}: {counts.done} done, {counts.failed} failed; {line}")
+    late = " (the deadline passed: run the command again to redo the failed)" if counts.deadline_passed else ""
+    print(f"score {args.scorer}: {counts.done} done, {counts.failed} failed{late}; {line}")
     return 0

@@ -176,14 +176,31 @@ class ClientSection:
     """model name at the endpoint."""
     api_key_env: str | None = None
     """environment variable holding the endpoint's API key (the key itself never goes in a config)."""
+    endpoint_tokenizer: str | None = None
+    """model spec (alias, folder, hub id in the local cache) whose tokenizer and chat template the
+    endpoint's model uses: enables teacher-forced scoring through the endpoint (``/v1/completions``
+    with echo + logprobs), probed once; null: the scorers let the endpoint generate."""
+    timeout_s: float = 60.0
+    """per-request timeout of the endpoint (seconds)."""
+    retries: int = 5
+    """retries of a failed endpoint request (rate limits, 5xx, timeouts, dropped connections)."""
+    deadline_s: float | None = None
+    """wall-clock budget (seconds) of each LLM explain / score pass; what it stops is stored as
+    timeout and the stage stays unfinished, so the next run redoes only that. null: none."""
 
     def __post_init__(self) -> None:
         if self.endpoint and not self.endpoint_model:
             raise ConfigError("explain.client.endpoint needs explain.client.endpoint_model")
         if self.endpoint and self.model:
             raise ConfigError("explain.client: give either model (local) or endpoint, not both")
-        if not self.endpoint and (self.endpoint_model or self.api_key_env):
-            raise ConfigError("explain.client.endpoint_model and api_key_env need explain.client.endpoint")
+        if not self.endpoint and (self.endpoint_model or self.api_key_env or self.endpoint_tokenizer):
+            raise ConfigError("explain.client.endpoint_model, api_key_env and endpoint_tokenizer need "
+                              "explain.client.endpoint")
+        if not self.timeout_s > 0 or self.retries < 0:
+            raise ConfigError(f"explain.client: timeout_s must be > 0 and retries >= 0, got {self.timeout_s}, "
+                              f"{self.retries}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ConfigError(f"explain.client.deadline_s must be > 0 (or null), got {self.deadline_s}")
 
 
 @dataclass

@@ -81,25 +81,32 @@ class LLMExplainer(Explainer):
                 continue
             asks.append((i, msgs, {"explainer": self.name, "prompt_trimmed": trimmed,
                                    "n_examples_used": sum(map(len, groups))}))
-        # a client that continues a started answer gets the marker as the start of its answer:
-        # small local models ignore the answer format otherwise (the parse stays just as strict)
-        prefill = prompts.MARKER if self.client.supports_prefill else ""
-        tail = [{"role": "assistant", "content": prefill}] if prefill else []
-        completions = self.client.generate_many([m + tail for _, m, _ in asks], max_tokens=self.max_tokens,
-                                                temperature=self.temperature) if asks else []
+        structured = bool(asks) and self.client.supports_schema
+        if structured:  # the server constrains the answer to {"explanation": "..."}; parsed just as strictly
+            completions = self.client.generate_many([prompts.structured_messages(m) for _, m, _ in asks],
+                                                    max_tokens=self.max_tokens, temperature=self.temperature,
+                                                    schema=prompts.EXPLANATION_SCHEMA)
+            prefill = ""
+        else:
+            # a client that continues a started answer gets the marker as the start of its answer:
+            # small local models ignore the answer format otherwise (the parse stays just as strict)
+            prefill = prompts.MARKER if self.client.supports_prefill else ""
+            tail = [{"role": "assistant", "content": prefill}] if prefill else []
+            completions = self.client.generate_many([m + tail for _, m, _ in asks], max_tokens=self.max_tokens,
+                                                    temperature=self.temperature) if asks else []
         for (i, _, common), completion in zip(asks, completions):
             results[i] = self._finish(completion, {**common, "model": completion.model or self.client.model},
-                                      prefill)
+                                      prefill, structured)
         return results
 
     @staticmethod
-    def _finish(completion, common: dict, prefill: str = "") -> Explanation:
+    def _finish(completion, common: dict, prefill: str = "", structured: bool = False) -> Explanation:
         """A completion -> an Explanation: transport failures pass through, answers (the prefill
         joined with the completion) are parsed strictly."""
         if not completion.ok:
             return Explanation(None, completion.status, error=completion.error, **common)
         answer = prefill + completion.text
-        parsed = prompts.parse_explanation(answer)
+        parsed = prompts.parse_structured_explanation(answer) if structured else prompts.parse_explanation(answer)
         if parsed.status != "ok":
             return Explanation(None, parsed.status, raw=answer, error=parsed.error, **common)
         return Explanation(parsed.text, "ok", raw=answer, **common)

@@ -188,7 +188,10 @@ def parse_explanation(answer: str) -> ParsedAnswer:
         return ParsedAnswer(None, "parse_error", f"no line starts with {MARKER!r}")
     if len(found) > 1:
         return ParsedAnswer(None, "parse_error", f"{len(found)} lines start with {MARKER!r}; expected one")
-    text = found[0]
+    return _check_text(found[0])
+
+
+def _check_text(text: str) -> ParsedAnswer:
     if not text:
         return ParsedAnswer(None, "parse_error", "the explanation is empty")
     if len(text) > MAX_EXPLANATION_CHARS:
@@ -198,6 +201,44 @@ def parse_explanation(answer: str) -> ParsedAnswer:
         return ParsedAnswer(None, "parse_error", "the answer repeats the prompt's wording or example markup, "
                                                  "not an explanation")
     return ParsedAnswer(text, "ok", None)
+
+
+# -- structured answers (a server that constrains the answer to a JSON schema) --------------
+
+EXPLANATION_SCHEMA = {"type": "object", "properties": {"explanation": {"type": "string"}},
+                      "required": ["explanation"], "additionalProperties": False}
+"""the answer of an explainer whose client takes a schema (``LLMClient.supports_schema``)."""
+STRUCTURED_FORMAT = 'Answer with JSON and nothing else: {"explanation": "<your explanation>"}'
+_FORMAT_LINES = (("Answer with exactly one line and nothing else:\nEXPLANATION: <your explanation>",
+                  STRUCTURED_FORMAT),
+                 ("Answer with one line: EXPLANATION: <your explanation>", STRUCTURED_FORMAT))
+
+
+def structured_messages(messages: list[dict]) -> list[dict]:
+    """The same prompt asking for the JSON answer instead of the ``EXPLANATION:`` line (the
+    fixed instruction lines are swapped; dataset text is untouched)."""
+    out = []
+    for m in messages:
+        content = m["content"]
+        for old, new in _FORMAT_LINES:
+            if content.endswith(old) or content.endswith(old + "\n"):
+                content = content[: content.rindex(old)] + new
+        out.append({**m, "content": content})
+    return out
+
+
+def parse_structured_explanation(answer: str) -> ParsedAnswer:
+    """A structured answer: the whole text is ``{"explanation": "<text>"}`` (nothing else), then the
+    same checks as :func:`parse_explanation` (refusal, empty, length, echo of the prompt)."""
+    from autointerp.llm.base import parse_json_answer
+
+    value = parse_json_answer(answer, EXPLANATION_SCHEMA)
+    if isinstance(value, str):
+        return ParsedAnswer(None, "parse_error", value)
+    text = value["explanation"].strip()
+    if _REFUSAL.match(text):
+        return ParsedAnswer(None, "refused", "the model declined to answer")
+    return _check_text(text)
 
 
 _TEMPLATE_TEXT = " ".join([SYSTEM_PROMPT, TOKEN_ACTIVATION_NOTE, HIGHLIGHT_NOTE, CONTRASTIVE_NOTE, USER_PROMPT,

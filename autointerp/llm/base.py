@@ -9,9 +9,13 @@ caller can never mistake a failure for an answer. Programming errors (bad argume
 
 from __future__ import annotations
 
+import json
+import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Literal, TypedDict
+
+import jsonschema
 
 Role = Literal["system", "user", "assistant"]
 Status = Literal["ok", "parse_error", "timeout", "rate_limited", "refused", "error"]
@@ -108,6 +112,32 @@ def validate_request(messages: list[Message], max_tokens: int, temperature: floa
                 f"logprobs (top alternatives per token) must be an int in [0, 20], got {logprobs!r}")
 
 
+class Deadline:
+    """A wall-clock budget for a whole job (``--deadline SECONDS``), shared by every request of it.
+
+    A client with a deadline sends no request once it has passed, and bounds each request's
+    timeout and back-off by what is left: the request comes back as a ``timeout`` completion
+    (``error`` says the deadline passed), the caller records it, and a rerun redoes it."""
+
+    def __init__(self, seconds: float):
+        if not seconds > 0:
+            raise ValueError(f"a deadline must be a positive number of seconds, got {seconds!r}")
+        self.seconds = float(seconds)
+        self.at = time.monotonic() + self.seconds
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    @property
+    def passed(self) -> bool:
+        return self.remaining() <= 0
+
+    def failure(self, model: str = "") -> "Completion":
+        """The completion of a request the deadline stopped."""
+        return Completion(text=None, status="timeout", model=model,
+                          error=f"the job's deadline of {self.seconds:g}s passed before this request finished")
+
+
 class LLMClient(ABC):
     """Chat model client: one abstract method, :meth:`generate`.
 
@@ -130,15 +160,21 @@ class LLMClient(ABC):
     supports_prefill: bool = False
     supports_forced_logprobs: bool = False
     """whether :meth:`forced_logprobs` (teacher-forced reading of a given answer) is implemented."""
+    supports_schema: bool = False
+    """whether :meth:`generate` takes a JSON ``schema`` the answer is constrained to."""
+    deadline: Deadline | None = None
+    """the job's wall-clock budget (None: none); requests after it come back as ``timeout``."""
 
     @abstractmethod
     def generate(self, messages: list[Message], *, max_tokens: int, temperature: float = 0.0,
-                 logprobs: int | None = None) -> Completion:
-        """Complete one conversation. ``logprobs=n`` asks for the top-n alternatives per token."""
+                 logprobs: int | None = None, schema: dict | None = None) -> Completion:
+        """Complete one conversation. ``logprobs=n`` asks for the top-n alternatives per token.
+        ``schema`` (only where ``supports_schema``): a JSON schema the answer is constrained to."""
 
     def generate_many(self, conversations: list[list[Message]], *, max_tokens: int, temperature: float = 0.0,
-                      logprobs: int | None = None) -> list[Completion]:
-        return [self.generate(m, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs)
+                      logprobs: int | None = None, schema: dict | None = None) -> list[Completion]:
+        extra = {"schema": schema} if schema is not None else {}
+        return [self.generate(m, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs, **extra)
                 for m in conversations]
 
     def forced_logprobs(self, conversations: list[list[Message]], *, top_logprobs: int) -> list[Completion]:
@@ -165,3 +201,17 @@ def validate_forced(conversations: list[list[Message]], top_logprobs: int) -> No
                              "(the answer to read)")
     if not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= 20:
         raise ValueError(f"top_logprobs must be an int in [1, 20], got {top_logprobs!r}")
+
+
+def parse_json_answer(text: str, schema: dict) -> dict | str:
+    """A structured answer, parsed strictly: the whole text is one JSON value that ``schema``
+    validates; otherwise a message saying why (never a partial value)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"the answer is not JSON ({exc.msg} at character {exc.pos})"
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as exc:
+        return f"the answer violates its schema: {exc.message}"
+    return value

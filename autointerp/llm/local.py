@@ -85,12 +85,14 @@ class LocalClient(LLMClient):
         return f"LocalClient(model={self.model!r}, device={self.device!r}, batch_size={self.batch_size})"
 
     def generate(self, messages: list[Message], *, max_tokens: int, temperature: float = 0.0,
-                 logprobs: int | None = None) -> Completion:
+                 logprobs: int | None = None, schema: dict | None = None) -> Completion:
         return self.generate_many([messages], max_tokens=max_tokens, temperature=temperature,
-                                  logprobs=logprobs)[0]
+                                  logprobs=logprobs, schema=schema)[0]
 
     def generate_many(self, conversations: list[list[Message]], *, max_tokens: int, temperature: float = 0.0,
-                      logprobs: int | None = None) -> list[Completion]:
+                      logprobs: int | None = None, schema: dict | None = None) -> list[Completion]:
+        if schema is not None:
+            raise ValueError("the local client does not constrain answers to a JSON schema (supports_schema is False)")
         for m in conversations:
             validate_request(m, max_tokens, temperature, logprobs, True)
         if max_tokens > self.max_new_tokens:
@@ -103,6 +105,10 @@ class LocalClient(LLMClient):
         todo.sort(key=lambda i: len(prompts[i]))
         for start in range(0, len(todo), self.batch_size):
             idx = todo[start:start + self.batch_size]
+            if self.deadline is not None and self.deadline.passed:  # nothing starts after the deadline
+                for i in idx:
+                    results[i] = self.deadline.failure(self.model)
+                continue
             t0 = time.monotonic()
             outs = self._generate_batch([prompts[i] for i in idx], max_tokens, temperature, logprobs)
             latency = (time.monotonic() - t0) / len(idx)  # the batch's time, shared among its rows
@@ -152,6 +158,11 @@ class LocalClient(LLMClient):
                     break
                 end += 1
             idx = todo[start:end]
+            if self.deadline is not None and self.deadline.passed:
+                for i in idx:
+                    results[i] = self.deadline.failure(self.model)
+                start = end
+                continue
             t0 = time.monotonic()
             outs = self._forced_batch([pairs[i] for i in idx], top_logprobs, prefix)
             latency = (time.monotonic() - t0) / len(idx) + prefix_latency

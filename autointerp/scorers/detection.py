@@ -29,6 +29,9 @@ among the top alternatives there.
 Dataset text is passed through :func:`~autointerp.scorers.base.neutralise` (``<``/``>`` and line
 breaks replaced), so it cannot fake a highlight ``<<...>>``, close the ``<text>`` quote, or put
 an ``ANSWER:`` line of its own on a line of the prompt.
+
+Where the client constrains answers to a JSON schema (``LLMClient.supports_schema``) and reads no
+given answer, the reply must be exactly ``{"answer": "yes"|"no"}`` (``method == "structured-answers"``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import re
 from dataclasses import dataclass
 
 from autointerp.examples import LatentRecord
-from autointerp.llm.base import Completion, LLMClient, Message
+from autointerp.llm.base import Completion, LLMClient, Message, parse_json_answer
 from autointerp.scorers.base import (Decoder, ItemFailures, Score, Scorer, neutralise, register,
                                      score_examples)
 from autointerp.scorers.metrics import auroc, balanced_accuracy, bootstrap_ci
@@ -62,6 +65,13 @@ FUZZING_SYSTEM = (
     "Reply with exactly one line: ANSWER: yes or ANSWER: no")
 FUZZING_USER = ("Feature explanation: {explanation}\n\n<text>{text}</text>\n\n"
                 "Do the highlighted tokens match this feature?")
+
+
+YES_NO_SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+                 "required": ["answer"], "additionalProperties": False}
+"""the answer where the client takes a schema (``LLMClient.supports_schema``) and reads no given answer."""
+_FORMAT_LINE = "Reply with exactly one line: ANSWER: yes or ANSWER: no"
+STRUCTURED_FORMAT_LINE = 'Reply with JSON and nothing else: {"answer": "yes"} or {"answer": "no"}'
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,12 @@ def parse_answer(c: Completion) -> ParsedAnswer | None:
         return None
     word_start = sum(len(line) + 1 for line in lines[:i]) + m.start(1)
     return ParsedAnswer(yes=m.group(1).lower() == "yes", p_yes=_p_yes(c, word_start))
+
+
+def structured_answer(c: Completion) -> ParsedAnswer | None:
+    """The answer of a schema-constrained reply: the whole text is ``{"answer": "yes"|"no"}``."""
+    value = parse_json_answer(c.text, YES_NO_SCHEMA)
+    return None if isinstance(value, str) else ParsedAnswer(yes=value["answer"] == "yes", p_yes=None)
 
 
 def forced_answer(c: Completion) -> ParsedAnswer | None:
@@ -145,6 +161,8 @@ class _YesNoScorer(Scorer):
         self.n_boot, self.seed = n_boot, seed
         self.logprobs = client.supports_logprobs if logprobs is None else logprobs
         self.forced = client.supports_forced_logprobs if forced is None else forced
+        self.structured = not self.forced and client.supports_schema
+        """ask for a JSON answer the server constrains (generation path only)."""
 
     def items(self, record: LatentRecord) -> list[tuple[str, int]]:
         """``(quoted text, label)`` per item; depends on the record only (never the explanation)."""
@@ -164,6 +182,12 @@ class _YesNoScorer(Scorer):
             method, read = "forced-logprobs", forced_answer
             replies = self.client.forced_logprobs(
                 [m + [{"role": "assistant", "content": FORCED_ANSWER}] for m in convs], top_logprobs=5)
+        elif self.structured:
+            method, read = "structured-answers", structured_answer
+            convs = [[{**m, "content": m["content"].replace(_FORMAT_LINE, STRUCTURED_FORMAT_LINE)} for m in conv]
+                     for conv in convs]
+            replies = self.client.generate_many(convs, max_tokens=self.max_tokens, temperature=0.0,
+                                                schema=YES_NO_SCHEMA)
         else:
             method, read = "parsed-answers", parse_answer
             replies = self.client.generate_many(convs, max_tokens=self.max_tokens, temperature=0.0,
@@ -175,7 +199,8 @@ class _YesNoScorer(Scorer):
                 failures.add_completion(c)
             elif parsed is None:
                 failures.add("parse_error", "neither yes nor no among the top alternatives at the answer word"
-                             if self.forced else f"no single 'ANSWER: yes|no' line in {c.text[:80]!r}")
+                             if self.forced else f"not {{'answer': 'yes'|'no'}}: {c.text[:80]!r}" if self.structured
+                             else f"no single 'ANSWER: yes|no' line in {c.text[:80]!r}")
             else:
                 labels.append(y)
                 answers.append(parsed)

@@ -23,6 +23,9 @@ How predictions are read (``Score.method``):
 * ``"parsed-numbers"``: the reply, stripped, must be exactly ``N`` integers in 0..10 separated by
   whitespace; a wrong count or any other text fails the item.
 * ``"mixed"``: some items each way (``details["n_logprob_items"]`` says how many used logprobs).
+* ``"structured-numbers"``: where the client constrains answers to a JSON schema
+  (``LLMClient.supports_schema``, an endpoint that takes ``response_format``) and reads no given
+  answer, the reply must be exactly ``{"predictions": [N integers in 0..10]}``.
 * ``"forced-logprob-expectation"``: the default with a client that reads a given answer
   (``LLMClient.supports_forced_logprobs``, e.g. the local client): OpenAI's "all at once"
   simulation. The answer is written for the model, one line per token,
@@ -52,7 +55,7 @@ import math
 import re
 
 from autointerp.examples import LatentRecord
-from autointerp.llm.base import Completion, LLMClient, Message
+from autointerp.llm.base import Completion, LLMClient, Message, parse_json_answer
 from autointerp.scorers.base import Decoder, ItemFailures, Score, Scorer, neutralise, register, score_examples
 from autointerp.scorers.metrics import bootstrap_ci, correlation_score
 
@@ -67,6 +70,14 @@ SIMULATION_SYSTEM = (
     "and nothing else.")
 SIMULATION_USER = ("Feature explanation: {explanation}\n\nTokens ({n}):\n{tokens}\n\n"
                    "Predictions ({n} integers):")
+
+PREDICTIONS_SCHEMA = {"type": "object", "properties": {"predictions": {
+    "type": "array", "items": {"type": "integer", "minimum": 0, "maximum": MAX_VALUE}}},
+    "required": ["predictions"], "additionalProperties": False}
+"""the answer where the client takes a schema and reads no given answer (the count is checked after)."""
+_FORMAT_LINE = ("Reply with exactly one line: one integer per token, in order, separated by single spaces, "
+                "and nothing else.")
+STRUCTURED_FORMAT_LINE = 'Reply with JSON and nothing else: {"predictions": [one integer per token, in order]}'
 
 FORCED_MAX_VALUE = 9
 FORCED_PLACEHOLDER = "0"
@@ -93,6 +104,16 @@ def parse_numbers(text: str, n: int) -> list[float] | None:
     if len(parts) != n or not all(_VALUE_RE.match(p) for p in parts):
         return None
     return [float(p) for p in parts]
+
+
+def structured_numbers(text: str, n: int) -> list[float] | str:
+    """``{"predictions": [n integers in 0..MAX_VALUE]}`` and nothing else, or why not."""
+    value = parse_json_answer(text, PREDICTIONS_SCHEMA)
+    if isinstance(value, str):
+        return value
+    if len(value["predictions"]) != n:
+        return f"{len(value['predictions'])} predictions for {n} tokens"
+    return [float(v) for v in value["predictions"]]
 
 
 def logprob_expectations(c: Completion, n: int) -> list[float] | None:
@@ -176,6 +197,8 @@ class SimulationScorer(Scorer):
         self.max_failed_fraction, self.n_boot, self.seed = max_failed_fraction, n_boot, seed
         self.logprobs = client.supports_logprobs if logprobs is None else logprobs
         self.forced = client.supports_forced_logprobs if forced is None else forced
+        self.structured = not self.forced and client.supports_schema
+        """ask for a JSON answer the server constrains (generation path only)."""
         self.top_logprobs = top_logprobs if top_logprobs is not None else 20 if self.forced else 15
 
     def forced_messages(self, explanation: str, pieces: list[str]) -> tuple[list[Message], list[int]]:
@@ -198,6 +221,8 @@ class SimulationScorer(Scorer):
             return self._score_forced(examples, pieces, explanation)
         convs = [self.messages(explanation, p) for p in pieces]
         max_tokens = 3 * max(len(e.tokens) for e in examples) + 16  # a value and a space each, with slack
+        if self.structured:
+            return self._score_structured(examples, convs, max_tokens + 16)
         replies = self.client.generate_many(convs, max_tokens=max_tokens, temperature=0.0,
                                             logprobs=self.top_logprobs if self.logprobs else None)
         failures, true, predicted, n_logprob = ItemFailures(), [], [], 0
@@ -218,6 +243,23 @@ class SimulationScorer(Scorer):
                   else "parsed-numbers" if n_logprob == 0 else "mixed")
         details = {**failures.details(len(examples)), "n_logprob_items": n_logprob}
         return self._correlate(examples, failures, true, predicted, method, details)
+
+    def _score_structured(self, examples, convs: list[list[Message]], max_tokens: int) -> Score:
+        convs = [[{**m, "content": m["content"].replace(_FORMAT_LINE, STRUCTURED_FORMAT_LINE)} for m in conv]
+                 for conv in convs]
+        replies = self.client.generate_many(convs, max_tokens=max_tokens, temperature=0.0, schema=PREDICTIONS_SCHEMA)
+        failures, true, predicted = ItemFailures(), [], []
+        for e, c in zip(examples, replies):
+            pred = structured_numbers(c.text, len(e.tokens)) if c.ok else None
+            if not c.ok:
+                failures.add_completion(c)
+            elif isinstance(pred, str):
+                failures.add("parse_error", pred)
+            else:
+                true.append(list(e.activations))
+                predicted.append(pred)
+        return self._correlate(examples, failures, true, predicted, "structured-numbers",
+                               failures.details(len(examples)))
 
     def _score_forced(self, examples, pieces: list[list[str]], explanation: str) -> Score:
         asks = [self.forced_messages(explanation, p) for p in pieces]
