@@ -45,6 +45,9 @@ def test_a_changed_config_round_trips(tmp_path):
     ({"explain": {"explainers": ["token-enrichment", "magic"]}}, "unknown ['magic']"),
     ({"score": {"scorers": ["vibes"]}}, "unknown ['vibes']"),
     ({"explain": {"client": {"endpoint": "http://x"}}}, "needs explain.client.endpoint_model"),
+    ({"explain": {"client": {"endpoint_tokenizer": "smollm2-135m"}}}, "need explain.client.endpoint"),
+    ({"explain": {"client": {"deadline_s": 0}}}, "deadline_s must be > 0"),
+    ({"explain": {"client": {"timeout_s": -1}}}, "timeout_s must be > 0"),
     ({"cache": {"shard_contexts": 10, "batch_size": 16}}, "multiple of"),
     (["not", "a", "mapping"], "mapping"),
     ({"train": 5}, "train: expected a mapping"),
@@ -93,3 +96,15 @@ def test_config_command_prints_template_and_checks_files(tmp_path):
     bad = run_cli("config", str(path), "--trian.k", "3", check=False)
     assert bad.returncode == 2 and "did you mean 'train'" in bad.stderr
     assert run_cli("cache", "--train.k", "3", check=False).returncode == 2  # overrides only for run/config
+
+
+def test_deadlines_and_timeouts_change_no_fingerprint_but_the_endpoint_tokenizer_does():
+    from autointerp.pipeline import fingerprints
+
+    base = fingerprints(load_config({}))
+    bounded = load_config({"explain": {"client": {"timeout_s": 5, "retries": 0, "deadline_s": 30}}})
+    assert fingerprints(bounded) == base  # how long a stage may take is not what it computes
+    ep = {"endpoint": "http://x/v1", "endpoint_model": "m"}
+    plain = fingerprints(load_config({"explain": {"client": ep}}))
+    forced = fingerprints(load_config({"explain": {"client": {**ep, "endpoint_tokenizer": "smollm2-135m"}}}))
+    assert plain["score"] != forced["score"] and plain["cache"] == forced["cache"]

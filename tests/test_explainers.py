@@ -374,3 +374,24 @@ def test_prefill_clients_get_the_marker_and_the_answer_is_parsed_with_it(tok, re
     assert e.status == "ok" and e.text == "the word cat" and e.raw.startswith("EXPLANATION: the word cat")
     bad = Prefilling(" a\nEXPLANATION: b")  # two answer lines: still a parse error
     assert build_explainer("token-activation", client=bad, tokenizer=tok).explain(record).status == "parse_error"
+
+
+@pytest.mark.parametrize("name", ["token-activation", "highlight", "contrastive"])
+def test_structured_explanations_through_an_endpoint(name, api_key, tok, record):
+    """Where the server takes a JSON schema, the explainer asks for {"explanation": ...} (the same
+    prompt with its answer-format lines swapped, no prefilled marker) and parses it strictly."""
+    def answer(req):  # JSON in the shape asked for: the probe's {"answer"}, then the explanation
+        required = req["response_format"]["json_schema"]["schema"]["required"]
+        return '{"answer": "yes"}' if required == ["answer"] else '{"explanation": "the word cat"}'
+
+    with FakeOpenAIServer(answer=answer) as server:
+        client = OpenAICompatibleClient(server.base_url, "fake-model", api_key_env=api_key, forced=False)
+        e = build_explainer(name, client=client, tokenizer=tok).explain(record)
+        body = server.requests[-1].body
+        server.answer = "EXPLANATION: the word cat"  # not JSON: a parse error, the answer kept
+        bad = build_explainer(name, client=client, tokenizer=tok).explain(record)
+    assert e.ok and e.text == "the word cat"
+    assert body["response_format"]["json_schema"]["schema"]["required"] == ["explanation"]
+    assert body["messages"][0]["content"].endswith('Answer with JSON and nothing else: {"explanation": "<your explanation>"}')
+    assert body["messages"][-1]["role"] == "user" and "EXPLANATION:" not in body["messages"][-1]["content"][-80:]
+    assert bad.status == "parse_error" and bad.raw == "EXPLANATION: the word cat" and "not JSON" in bad.error

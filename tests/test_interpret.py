@@ -205,3 +205,38 @@ def test_explain_then_score_on_the_real_model(real_model, tmp_path):
         for r in rows:  # ok, in range, and read as documented
             assert r["status"] == "ok" and r["details"]["n_failed"] == 0 and r["details"]["method"] == method
             assert (-1 <= r["value"] <= 1) if name == "simulation" else (0 <= r["value"] <= 1)
+
+
+def test_a_deadline_stores_what_it_stopped_as_timeout_and_a_rerun_redoes_only_that(dictionary_dir, db_copy, tok,
+                                                                                 monkeypatch):
+    """A stalling server cannot hang the job: past the deadline nothing more is asked, the rows
+    left are stored as ``timeout``, and the next call redoes exactly them."""
+    import time
+
+    monkeypatch.setenv("FAKE_INTERP_KEY", "k")
+    with FakeOpenAIServer(default=Reply("stall", stall_s=4.0), answer="EXPLANATION: the letter e") as server:
+        server.push(Reply("good"), Reply("good"))  # the first two answer at once
+        client = OpenAICompatibleClient(server.base_url, "fake-model", api_key_env="FAKE_INTERP_KEY",
+                                        timeout_s=30, max_retries=3, concurrency=1, structured=False)
+        t0 = time.monotonic()
+        first = explain(db_copy, dictionary_dir, "highlight", client=client, tokenizer=tok, features="6",
+                        progress=False, deadline=1.5)
+        wall = time.monotonic() - t0
+        asked = len(server.requests)
+    assert wall < 1.5 + 1.0, wall  # the stalled request was cut at the deadline, nothing after it started
+    assert first.deadline_passed and (first.done, first.failed) == (2, 4)
+    assert asked == 3  # two answered, one stalled until the deadline; the other three never sent
+    assert client.deadline is None  # the deadline belonged to that call only
+    with FeatureDB(db_copy) as db:
+        failed = [r for r in db.explanations() if r["status"] != "ok"]
+        assert len(failed) == 4 and all(r["status"] == "timeout" and "deadline" in r["error"] for r in failed)
+    with FakeOpenAIServer(answer="EXPLANATION: the letter e") as good:
+        client = OpenAICompatibleClient(good.base_url, "fake-model", api_key_env="FAKE_INTERP_KEY",
+                                        structured=False)
+        again = explain(db_copy, dictionary_dir, "highlight", client=client, tokenizer=tok, features="6",
+                        progress=False, deadline=60)
+        assert len(good.requests) == 4
+    assert (again.done, again.failed, again.deadline_passed) == (4, 0, False)
+    with FeatureDB(db_copy) as db:
+        rows = db.explanations()
+        assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)

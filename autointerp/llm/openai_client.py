@@ -198,7 +198,7 @@ class OpenAICompatibleClient(LLMClient):
             # one attempt each, no retries: a server that rejects the form answers 400, 422 or (llama-cpp-python) 500
             c = self._chat_attempt(PROBE_CHAT, 24, 0.0, None, PROBE_SCHEMA, form)
             if isinstance(c, Completion) and c.ok and isinstance(parse_json_answer(c.text, PROBE_SCHEMA), dict):
-                return form, f"{form}: the probe's answer {c.text.strip()!r} fits its schema"
+                return form, "; ".join(notes + [f"{form}: the probe's answer {c.text.strip()!r} fits its schema"])
             notes.append(f"{form}: " + (c.message[:120] if isinstance(c, _Failure) else
                                         f"{c.status} {c.error or repr((c.text or '')[:60])}"))
         return None, "; ".join(notes)

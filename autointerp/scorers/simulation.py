@@ -71,10 +71,12 @@ SIMULATION_SYSTEM = (
 SIMULATION_USER = ("Feature explanation: {explanation}\n\nTokens ({n}):\n{tokens}\n\n"
                    "Predictions ({n} integers):")
 
-PREDICTIONS_SCHEMA = {"type": "object", "properties": {"predictions": {
-    "type": "array", "items": {"type": "integer", "minimum": 0, "maximum": MAX_VALUE}}},
-    "required": ["predictions"], "additionalProperties": False}
-"""the answer where the client takes a schema and reads no given answer (the count is checked after)."""
+def predictions_schema(n: int) -> dict:
+    """The answer where the client takes a schema and reads no given answer: exactly ``n`` integers
+    in 0..MAX_VALUE (as an ``enum``: llama.cpp's schema grammars enforce enums, not ``maximum``)."""
+    return {"type": "object", "properties": {"predictions": {
+        "type": "array", "items": {"type": "integer", "enum": list(range(MAX_VALUE + 1))},
+        "minItems": n, "maxItems": n}}, "required": ["predictions"], "additionalProperties": False}
 _FORMAT_LINE = ("Reply with exactly one line: one integer per token, in order, separated by single spaces, "
                 "and nothing else.")
 STRUCTURED_FORMAT_LINE = 'Reply with JSON and nothing else: {"predictions": [one integer per token, in order]}'
@@ -108,12 +110,8 @@ def parse_numbers(text: str, n: int) -> list[float] | None:
 
 def structured_numbers(text: str, n: int) -> list[float] | str:
     """``{"predictions": [n integers in 0..MAX_VALUE]}`` and nothing else, or why not."""
-    value = parse_json_answer(text, PREDICTIONS_SCHEMA)
-    if isinstance(value, str):
-        return value
-    if len(value["predictions"]) != n:
-        return f"{len(value['predictions'])} predictions for {n} tokens"
-    return [float(v) for v in value["predictions"]]
+    value = parse_json_answer(text, predictions_schema(n))
+    return value if isinstance(value, str) else [float(v) for v in value["predictions"]]
 
 
 def logprob_expectations(c: Completion, n: int) -> list[float] | None:
@@ -247,7 +245,12 @@ class SimulationScorer(Scorer):
     def _score_structured(self, examples, convs: list[list[Message]], max_tokens: int) -> Score:
         convs = [[{**m, "content": m["content"].replace(_FORMAT_LINE, STRUCTURED_FORMAT_LINE)} for m in conv]
                  for conv in convs]
-        replies = self.client.generate_many(convs, max_tokens=max_tokens, temperature=0.0, schema=PREDICTIONS_SCHEMA)
+        replies: list[Completion | None] = [None] * len(convs)
+        for n in sorted({len(e.tokens) for e in examples}):  # one schema per length: its count is exact
+            idx = [i for i, e in enumerate(examples) if len(e.tokens) == n]
+            for i, c in zip(idx, self.client.generate_many([convs[i] for i in idx], max_tokens=max_tokens,
+                                                            temperature=0.0, schema=predictions_schema(n))):
+                replies[i] = c
         failures, true, predicted = ItemFailures(), [], []
         for e, c in zip(examples, replies):
             pred = structured_numbers(c.text, len(e.tokens)) if c.ok else None
