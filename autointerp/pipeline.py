@@ -465,6 +465,9 @@ def _run_stage(ctx: RunContext, stage: Stage, fingerprint: str, force: bool) -> 
     t0 = time.time()
     try:
         figures = stage.run(ctx)
+    except RunError as exc:  # the stage stopped itself (a deadline): its message says what to do
+        log.error("stage %s stopped after %.1fs: %s", stage.name, time.time() - t0, exc)
+        raise
     except ValueError as exc:  # bad input met by the stage: one clear message, no traceback
         log.error("stage %s failed after %.1fs: %s", stage.name, time.time() - t0, exc)
         raise RunError(f"stage {stage.name}: {exc} (the run resumes from here once fixed)") from exc

@@ -264,6 +264,25 @@ def test_local_left_padding_matches_unbatched(local_client):
     assert batched[0].text == batched[2].text == local_client.generate(LONG, max_tokens=6).text
 
 
+def test_local_generation_from_a_shared_prefix_equals_generation_without(tiny_model):
+    """More requests than one batch: the prompt tokens they all share run once, and every batch
+    continues from a copy of their cache (``[prefix | pad | own]``). Texts and log-probabilities
+    equal those of every row computed in full, in batches and one at a time."""
+    system = {"role": "system", "content": "You explain latents. " * 8}
+    convs = [[system, {"role": "user", "content": "Token " + "cat " * (i % 5 + 1)}] for i in range(7)]
+    client = LocalClient(tiny_model, batch_size=3, max_new_tokens=8)
+    shared, cache = client._shared_prefix([client.prompt_ids(m) for m in convs])
+    assert shared >= 40 and cache is not None
+    with_prefix = client.generate_many(convs, max_tokens=6, logprobs=2)
+    client.min_shared_prefix = 10**9
+    full = client.generate_many(convs, max_tokens=6, logprobs=2)
+    alone = [client.generate(m, max_tokens=6, logprobs=2) for m in convs]
+    for a, b, c in zip(with_prefix, full, alone):
+        assert a.text == b.text == c.text
+        assert [t.token for t in a.logprobs] == [t.token for t in b.logprobs]
+        assert max(abs(x.logprob - y.logprob) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+
+
 def test_local_logprobs_valid(local_client):
     c = local_client.generate_many([SHORT, LONG], max_tokens=5, logprobs=3)
     for comp in c:

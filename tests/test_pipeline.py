@@ -227,3 +227,41 @@ def test_a_run_leaves_the_logger_level_as_it_was(tmp_path, tiny_model_dir, text_
         assert "stage cache" in (tmp_path / "r" / "run.log").read_text()
     finally:
         logger.setLevel(before)
+
+
+def test_an_explain_deadline_leaves_the_stage_unfinished_and_the_next_run_redoes_only_its_timeouts(
+        finished, tiny_cfg, tmp_path):
+    """A stalling endpoint cannot hang `autointerp run`: past ``explain.client.deadline_s`` the stage
+    stops with a clear error, its requests that did not finish stored as ``timeout``; the next run
+    resumes the stage and asks the endpoint for exactly those."""
+    import dataclasses
+    import shutil
+
+    from fake_openai_server import FakeOpenAIServer, Reply
+
+    from autointerp.featuredb import FeatureDB
+
+    root = tmp_path / "copy"
+    shutil.copytree(finished, root)
+    with FakeOpenAIServer(default=Reply("stall", stall_s=5.0), answer="EXPLANATION: letters") as server:
+        client = dataclasses.replace(tiny_cfg.explain.client, endpoint=server.base_url, endpoint_model="fake",
+                                     timeout_s=30.0, retries=2, deadline_s=1.0)
+        cfg = dataclasses.replace(tiny_cfg, explain=dataclasses.replace(tiny_cfg.explain, client=client))
+        t0 = time.monotonic()
+        with pytest.raises(RunError, match="deadline of 1s passed"):
+            run(cfg, root, update=True, progress=False)
+        assert time.monotonic() - t0 < 60
+        assert not RunFolder(root).stage_record("explain").exists()
+        with FeatureDB(RunFolder(root).db) as db:
+            timed_out = [r for r in db.explanations() if r["explainer"] == "token-activation"]
+        assert timed_out and all(r["status"] == "timeout" for r in timed_out)
+        server.default = Reply("good")
+        asked = len(server.requests)
+        run(cfg, root, progress=False)  # the same config: the unfinished stage resumes
+        # the probe's requests (structured answers) and exactly one per timed-out row
+        explain_asks = [r for r in server.requests[asked:] if "response_format" not in (r.body or {})]
+        assert len(explain_asks) == len(timed_out)
+    assert RunFolder(root).stage_record(LAST).exists()
+    with FeatureDB(RunFolder(root).db) as db:
+        rows = [r for r in db.explanations() if r["explainer"] == "token-activation"]
+    assert len(rows) == len(timed_out) and all(r["status"] == "ok" and r["text"] == "letters" for r in rows)

@@ -103,6 +103,11 @@ class LocalClient(LLMClient):
         # Similar lengths together: less padding per batch.
         prompts = {i: self.prompt_ids(conversations[i]) for i in todo}
         todo.sort(key=lambda i: len(prompts[i]))
+        # the prompt tokens every request of the call shares (an explainer's system prompt and
+        # instructions) run once; each batch continues from a copy of their key/value cache
+        t0 = time.monotonic()
+        prefix = self._shared_prefix([prompts[i] for i in todo]) if len(todo) > self.batch_size else (0, None)
+        prefix_latency = (time.monotonic() - t0) / max(len(todo), 1)
         for start in range(0, len(todo), self.batch_size):
             idx = todo[start:start + self.batch_size]
             if self.deadline is not None and self.deadline.passed:  # nothing starts after the deadline
@@ -110,8 +115,8 @@ class LocalClient(LLMClient):
                     results[i] = self.deadline.failure(self.model)
                 continue
             t0 = time.monotonic()
-            outs = self._generate_batch([prompts[i] for i in idx], max_tokens, temperature, logprobs)
-            latency = (time.monotonic() - t0) / len(idx)  # the batch's time, shared among its rows
+            outs = self._generate_batch([prompts[i] for i in idx], max_tokens, temperature, logprobs, prefix)
+            latency = (time.monotonic() - t0) / len(idx) + prefix_latency  # the batch's time, shared among its rows
             for i, c in zip(idx, outs):
                 c.latency_s = latency
                 if self.cache is not None:
@@ -239,18 +244,29 @@ class LocalClient(LLMClient):
 
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], max_tokens: int, temperature: float,
-                        logprobs: int | None) -> list[Completion]:
-        width = max(len(p) for p in prompts)
-        ids_BP = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask_BP = torch.zeros((len(prompts), width), dtype=torch.long)
-        for b, p in enumerate(prompts):  # left padding: the prompt ends at the last column
-            ids_BP[b, width - len(p):] = torch.tensor(p)
-            mask_BP[b, width - len(p):] = 1
+                        logprobs: int | None, prefix: tuple[int, object | None] = (0, None)) -> list[Completion]:
+        shared, cache = prefix
+        if cache is not None and all(len(p) > shared for p in prompts):
+            # ids [shared prefix | pad | own]: generate reads the cache for the prefix and derives
+            # positions from the mask (cumsum - 1), so padding between the two is skipped
+            cache = copy.deepcopy(cache)
+            cache.batch_repeat_interleave(len(prompts))
+        else:
+            shared, cache = 0, None
+        width = max(len(p) for p in prompts) - shared
+        ids_BP = torch.full((len(prompts), shared + width), self.pad_id, dtype=torch.long)
+        mask_BP = torch.zeros((len(prompts), shared + width), dtype=torch.long)
+        for b, p in enumerate(prompts):  # left padding of each row's own part: the prompt ends at the last column
+            ids_BP[b, :shared] = torch.tensor(p[:shared], dtype=torch.long)
+            mask_BP[b, :shared] = 1
+            ids_BP[b, shared + width - (len(p) - shared):] = torch.tensor(p[shared:])
+            mask_BP[b, shared + width - (len(p) - shared):] = 1
+        width = shared + width
         sampling = ({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
                     if temperature > 0 else {"do_sample": False})
         out = self.hf_model.generate(
             input_ids=ids_BP.to(self.device), attention_mask=mask_BP.to(self.device),
-            max_new_tokens=max_tokens,
+            max_new_tokens=max_tokens, **({self._cache_kwarg: cache} if cache is not None else {}),
             pad_token_id=self.pad_id, return_dict_in_generate=True, output_logits=logprobs is not None,
             **sampling)
         new_BT = out.sequences[:, width:].cpu()
