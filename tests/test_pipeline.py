@@ -85,8 +85,9 @@ def test_a_run_writes_every_stage_and_its_outputs(finished, tiny_cfg):
 
 
 def test_fields_added_later_leave_older_runs_finished(tiny_cfg):
-    """A run folder made before ``train.dictionary`` existed keeps its fingerprints: unset, the new
-    fields are in no stage's hash (the recipe below is the one of that earlier format)."""
+    """A run folder made before ``train.dictionary`` and the endpoint's tokenizer, timeout, retries and
+    deadline existed keeps its fingerprints: unset (or, for the bounds on time, whatever their
+    value), the new fields are in no stage's hash (the recipe below is the one of that earlier format)."""
     import hashlib
 
     from autointerp.config import to_dict
@@ -95,6 +96,8 @@ def test_fields_added_later_leave_older_runs_finished(tiny_cfg):
     data = to_dict(tiny_cfg)
     for key in ("dictionary", "dictionary_hookpoint"):
         del data["train"][key]
+    for key in ("endpoint_tokenizer", "timeout_s", "retries", "deadline_s"):
+        del data["explain"]["client"][key]
     old: dict[str, str] = {}
     for stage in STAGES:
         fields = [f for f in stage.fields if not f.startswith("train.dictionary")]
