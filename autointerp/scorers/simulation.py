@@ -172,6 +172,22 @@ def forced_expectations(c: Completion, slots: list[int]) -> list[float] | str:
     return out
 
 
+def _read_items(examples, replies: list[Completion], read) -> tuple[ItemFailures, list, list]:
+    """Per item: a failed completion, a reading that says why it failed (``read(i, c) -> str``), or
+    the predictions (``read(i, c) -> list``) beside the true activations."""
+    failures, true, predicted = ItemFailures(), [], []
+    for i, (e, c) in enumerate(zip(examples, replies)):
+        pred = read(i, c) if c.ok else None
+        if not c.ok:
+            failures.add_completion(c)
+        elif isinstance(pred, str):
+            failures.add("parse_error", pred)
+        else:
+            true.append(list(e.activations))
+            predicted.append(pred)
+    return failures, true, predicted
+
+
 @register("simulation")
 class SimulationScorer(Scorer):
     """Correlation of simulated and true per-token activations (module docstring).
@@ -251,32 +267,15 @@ class SimulationScorer(Scorer):
             for i, c in zip(idx, self.client.generate_many([convs[i] for i in idx], max_tokens=max_tokens,
                                                             temperature=0.0, schema=predictions_schema(n))):
                 replies[i] = c
-        failures, true, predicted = ItemFailures(), [], []
-        for e, c in zip(examples, replies):
-            pred = structured_numbers(c.text, len(e.tokens)) if c.ok else None
-            if not c.ok:
-                failures.add_completion(c)
-            elif isinstance(pred, str):
-                failures.add("parse_error", pred)
-            else:
-                true.append(list(e.activations))
-                predicted.append(pred)
+        failures, true, predicted = _read_items(examples, replies,
+                                                lambda i, c: structured_numbers(c.text, len(examples[i].tokens)))
         return self._correlate(examples, failures, true, predicted, "structured-numbers",
                                failures.details(len(examples)))
 
     def _score_forced(self, examples, pieces: list[list[str]], explanation: str) -> Score:
         asks = [self.forced_messages(explanation, p) for p in pieces]
         replies = self.client.forced_logprobs([m for m, _ in asks], top_logprobs=self.top_logprobs)
-        failures, true, predicted = ItemFailures(), [], []
-        for e, (_, slots), c in zip(examples, asks, replies):
-            pred = forced_expectations(c, slots) if c.ok else None
-            if not c.ok:
-                failures.add_completion(c)
-            elif isinstance(pred, str):
-                failures.add("parse_error", pred)
-            else:
-                true.append(list(e.activations))
-                predicted.append(pred)
+        failures, true, predicted = _read_items(examples, replies, lambda i, c: forced_expectations(c, asks[i][1]))
         details = {**failures.details(len(examples)), "n_logprob_items": len(predicted),
                    "scale": f"0-{FORCED_MAX_VALUE}"}
         return self._correlate(examples, failures, true, predicted, "forced-logprob-expectation", details)
