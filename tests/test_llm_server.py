@@ -178,3 +178,37 @@ def test_scorers_fall_back_to_structured_generation_without_teacher_forcing(scor
     assert score.method == method
     assert score.details.get("failures", {}).get("parse_error", 0) == 0, score.details
     assert score.ok or score.error
+
+
+def test_the_explain_and_score_commands_through_the_server(llama_server, tiny_model, tmp_path):
+    """The CLI end to end: `autointerp explain` with an LLM explainer and `autointerp score` with a
+    teacher-forced scorer, both through the server, the second bounded by --deadline."""
+    import sqlite3
+
+    from helpers import run_cli, small_dictionary
+
+    ddir = small_dictionary(tiny_model, tmp_path, "blocks.1.hook_out", 0)[0]
+    db = tmp_path / "features.db"
+    flags = ["--db", str(db), "--endpoint", llama_server, "--endpoint-model", ALIAS,
+             "--endpoint-tokenizer", "smollm2-135m", "--request-timeout", "120", "--retries", "1"]
+    out = run_cli("explain", str(ddir), "--explainer", "token-activation", "--features", "2", *flags).stdout
+    assert "explain token-activation: " in out
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT status, model, raw_response, error FROM explanations "
+                       "WHERE explainer = 'token-activation'").fetchall()
+    assert len(rows) == 2 and all(m == ALIAS for _, m, _, _ in rows)
+    # a strictly parsed JSON answer or a recorded status with its reason; never an unlabelled value
+    assert all(s == "ok" or (s in ("parse_error", "refused") and e) for s, _, _, e in rows), rows
+    # two baseline explanations: the first's random-explanation control is the second's
+    run_cli("explain", str(ddir), "--explainer", "token-enrichment", "--features", "2", "--db", str(db))
+    t0 = __import__("time").monotonic()
+    out = run_cli("score", str(ddir), "--scorer", "detection", "--explainer", "token-enrichment", "--features", "1",
+                  "--deadline", "12", *flags).stdout
+    assert __import__("time").monotonic() - t0 < 12 + 60  # start-up, the probe and the deadline
+    scores = con.execute("SELECT control, status, error, details FROM scores WHERE scorer = 'detection'").fetchall()
+    con.close()
+    assert scores, out
+    if "deadline passed" in out:  # the usual case here: ~6 s per teacher-forced row on 2 cores
+        assert any(s == "timeout" and "deadline" in (e or "") for _, s, e, _ in scores), scores
+    assert all(s in ("ok", "timeout") for _, s, _, _ in scores), scores
+    assert all('"forced-logprobs"' in d for _, s, _, d in scores if s == "ok")
