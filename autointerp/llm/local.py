@@ -104,9 +104,9 @@ class LocalClient(LLMClient):
         prompts = {i: self.prompt_ids(conversations[i]) for i in todo}
         todo.sort(key=lambda i: len(prompts[i]))
         # the prompt tokens every request of the call shares (an explainer's system prompt and
-        # instructions) run once; each batch continues from a copy of their key/value cache
+        # instructions) run once, even for one batch; each batch continues from a copy of their cache
         t0 = time.monotonic()
-        prefix = self._shared_prefix([prompts[i] for i in todo]) if len(todo) > self.batch_size else (0, None)
+        prefix = self._shared_prefix([prompts[i] for i in todo])
         prefix_latency = (time.monotonic() - t0) / max(len(todo), 1)
         for start in range(0, len(todo), self.batch_size):
             idx = todo[start:start + self.batch_size]
