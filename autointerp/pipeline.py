@@ -75,16 +75,9 @@ class RunContext:
             if c.endpoint:
                 from autointerp.llm import OpenAICompatibleClient
 
-                tokenizer = None
-                if c.endpoint_tokenizer:
-                    from transformers import AutoTokenizer
-
-                    from autointerp.models import resolve
-
-                    tokenizer = AutoTokenizer.from_pretrained(resolve(c.endpoint_tokenizer)[0])
                 self._models["client"] = OpenAICompatibleClient(
                     c.endpoint, c.endpoint_model, api_key_env=c.api_key_env, concurrency=self.cfg.explain.concurrency,
-                    timeout_s=c.timeout_s, max_retries=c.retries, tokenizer=tokenizer)
+                    timeout_s=c.timeout_s, max_retries=c.retries, tokenizer=c.endpoint_tokenizer)
             else:
                 from autointerp.llm import LocalClient
 

@@ -48,17 +48,10 @@ def _make_client(args: argparse.Namespace, concurrency: int = 1):
         raise UserError("--endpoint needs --endpoint-model")
     from autointerp.llm import OpenAICompatibleClient
 
-    tokenizer = None
-    if args.endpoint_tokenizer:
-        from transformers import AutoTokenizer
-
-        from autointerp.models import resolve
-
-        tokenizer = AutoTokenizer.from_pretrained(resolve(args.endpoint_tokenizer)[0])
     try:
         return OpenAICompatibleClient(args.endpoint, args.endpoint_model, api_key_env=args.api_key_env,
                                       concurrency=concurrency, timeout_s=args.request_timeout,
-                                      max_retries=args.retries, tokenizer=tokenizer)
+                                      max_retries=args.retries, tokenizer=args.endpoint_tokenizer)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
 

@@ -119,8 +119,9 @@ class OpenAICompatibleClient(LLMClient):
                  structured: bool | None = None):
         """``api_key_env=None`` sends no real key (local servers such as vLLM or llama.cpp).
 
-        ``tokenizer``: the served model's tokenizer (a transformers tokenizer with a chat template),
-        needed for teacher-forced reading. ``forced`` / ``structured``: None probes the server on
+        ``tokenizer``: the served model's tokenizer (a transformers tokenizer with a chat template,
+        or a model spec for :func:`autointerp.models.resolve` to load it from), needed for
+        teacher-forced reading. ``forced`` / ``structured``: None probes the server on
         first need; False never uses the feature; True uses it unprobed."""
         if max_retries < 0 or concurrency < 1 or timeout_s <= 0:
             raise ValueError("need max_retries >= 0, concurrency >= 1 and timeout_s > 0")
@@ -143,6 +144,12 @@ class OpenAICompatibleClient(LLMClient):
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.supports_logprobs = supports_logprobs
+        if isinstance(tokenizer, str):
+            from transformers import AutoTokenizer
+
+            from autointerp.models import resolve
+
+            tokenizer = AutoTokenizer.from_pretrained(resolve(tokenizer)[0])
         self.tokenizer = tokenizer
         self._want = {"forced": forced, "structured": structured}
         self._capabilities: EndpointCapabilities | None = None
