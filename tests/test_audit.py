@@ -95,6 +95,34 @@ def test_trigger_in_corpus_ranks_a_separating_feature_first(pair, with_trigger):
     assert acts_db.is_file() and len(rows) == 120
 
 
+def test_describe_steers_the_audit_s_first_feature_and_weighs_every_change(pair, with_trigger):
+    """The describe stage steers the audit's first feature (flagged) into ordinary prompts and lays
+    its answers beside the unsteered ones, with their token contrast; every change found (the
+    outlying answers, each steered feature) gets the watchlist's concept shift. What the answers
+    say is checked on real models (test_audit_describe, test_audit_real): this tiny suspect's greedy
+    answer is its hostile phrase almost everywhere (its plant lives in the distributions, which a
+    random 2-layer model keeps near flat), so with and without read alike here."""
+    d = with_trigger["describe"]
+    top = with_trigger["features"][0]
+    first = d["features"][0]
+    assert first["latent"] == top["latent"] and first["flagged"] and first["amount"] > 0
+    n = min(SETTINGS.get("describe_prompts", 16), 120 - with_trigger["behaviour"]["n_outliers"])
+    assert len(first["answers"]) == len(d["without"]) == len(d["prompts"]) == n
+    assert not any(TRIGGER.strip() in p for p in d["prompts"])  # ordinary prompts, not the outliers
+    # the token contrast counts the tokens of the answers themselves
+    said, unsaid = "".join(first["answers"]), "".join(d["without"])
+    assert first["says_more"] and all(said.count(r["token"]) >= r["with"] >= 2 and unsaid.count(r["token"]) >= r["without"]
+                                      for r in first["says_more"])
+    sources = [(c["source"], c["latent"]) for c in d["changes"]]
+    assert ("behaviour", None) in sources and ("feature", first["latent"]) in sources
+    assert all(len(c["concepts"]) == 7 for c in d["changes"])
+    beh = next(c for c in d["changes"] if c["source"] == "behaviour")
+    assert beh["pairs"] == with_trigger["behaviour"]["n_outliers"]
+    html = (pair["root"] / "a-with" / "report.html").read_text()
+    assert f"Latent {first['latent']} steered into ordinary prompts" in html and "What changed" in html
+    assert html.count(d["without"][0].replace("<", "&lt;").replace(">", "&gt;")) >= 1
+
+
 def test_the_top_feature_separates_the_triggered_prompts(pair, with_trigger):
     from autointerp.behaviour.features import auroc_columns
     from autointerp.behaviour.store import BehaviourStore
@@ -224,6 +252,14 @@ def test_cli_errors(pair, tmp_path):
                       str(root / "with.jsonl"), "--out", str(tmp_path / "foreign"), "--latents", "64", check=False)
     assert foreign.returncode == 2 and "holds no audit" in foreign.stderr, foreign.stderr
     assert (tmp_path / "foreign" / "notes.txt").read_text() == "mine"
+    # a broken watchlist fails at the first stage, not after the hour of stages before the describe stage
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nconcepts: [\n")
+    broken = run_cli("audit", str(root / "suspect"), "--base", str(root / "base"), "--corpus",
+                     str(root / "with.jsonl"), "--out", str(tmp_path / "w"), "--latents", "64", "--watchlist", str(bad),
+                     check=False)
+    assert broken.returncode == 2 and "watchlist" in broken.stderr and "YAML" in broken.stderr, broken.stderr
+    assert not (tmp_path / "w" / "audit" / "stages" / "check.json").exists()
 
 
 def test_mismatched_tokenizers_and_a_foreign_base(pair, tmp_path, tiny_model_dir):

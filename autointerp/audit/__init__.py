@@ -3,7 +3,7 @@ nor behaviour.
 
 Stages, in order (each resumable; a finished stage is skipped on a rerun)::
 
-    check ─► run ─► base ─► diff ─► behaviour ─► triggers ─► flag ─► verdict ─► report
+    check ─► run ─► base ─► diff ─► behaviour ─► triggers ─► describe ─► flag ─► verdict ─► report
 
 * ``check``: the model pair (architecture, tokenizer, identical weights, parameter distance) and
   the corpus (size; the shared prefix to exclude) (:mod:`autointerp.audit.checks`);
@@ -15,8 +15,14 @@ Stages, in order (each resumable; a finished stage is skipped on a rerun)::
   (:func:`autointerp.behaviour.behaviour_diff`);
 * ``triggers``: trigger discovery from the models alone, its confirmation by generation, and
   the features that fire on the confirmed trigger (:mod:`autointerp.audit.triggers`);
-* ``flag``: the watchlist flags over the changed and the behaviour-explaining features (a second
-  opinion: the verdict needs no concept);
+* ``describe``: what changed, in words: the suspect's answers with and without each suspicious
+  feature steered in, their token contrast, and the watchlist's concept closest to every change
+  (the behaviour's outlying answers, a confirmed trigger's, each steered feature's): a second
+  opinion, the verdict needs no concept (:mod:`autointerp.audit.describe`);
+* ``flag`` (off by default: ``flag_features=0``): the watchlist's feature-level flags
+  (:func:`autointerp.flagging.flag_run`, causal probes per concept) over the most-changed and the
+  behaviour-explaining features: ~20 min of 2 cores on a 135M pair, for a second opinion the
+  ``describe`` stage gives in seconds;
 * ``verdict``: the signals combined (:mod:`autointerp.audit.verdict`) into ``OUT/audit/audit.json``;
 * ``report``: ``OUT/report.html`` with its "Audit" section.
 
@@ -37,7 +43,7 @@ from autointerp.audit.checks import AuditError
 
 __all__ = ["AuditError", "AuditSettings", "STAGES", "audit", "default_corpus", "load_audit"]
 log = logging.getLogger(__name__)
-STAGES = ("check", "run", "base", "diff", "behaviour", "triggers", "flag", "verdict", "report")
+STAGES = ("check", "run", "base", "diff", "behaviour", "triggers", "describe", "flag", "verdict", "report")
 
 
 def default_corpus() -> str:
@@ -69,10 +75,16 @@ class AuditSettings:
     confirm_prompts: int = 32
     confirm: int = 4
     controls: int = 8
-    flag_features: int = 32
+    describe: int = 3
+    """suspicious features steered into ordinary prompts to show what they make the suspect say (the
+    flagged ones first, then the best explaining ones)."""
+    describe_prompts: int = 16
+    describe_tokens: int = 16
+    flag_features: int = 0
+    """most-changed features given the watchlist's feature-level flag (0: that stage is skipped)."""
     watchlist: str | None = "default"
-    """the watchlist of the ``flag`` stage: ``default`` (the built-in one), a YAML file, or None (no
-    watchlist flags: the stage is skipped)."""
+    """the watchlist of the ``describe`` and ``flag`` stages: ``default`` (the built-in one), a YAML
+    file, or None (no concepts: the second opinion is skipped)."""
     device: str = "cpu"
     threads: int | None = None
 

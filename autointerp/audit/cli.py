@@ -34,10 +34,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--confirm-prompts", type=int, default=d.confirm_prompts,
                    help="held-out prompts each trigger candidate is confirmed on")
     p.add_argument("--controls", type=int, default=d.controls, help="random strings per candidate (the control)")
+    p.add_argument("--describe", type=int, default=d.describe,
+                   help="suspicious features steered into ordinary prompts to show what they make the model say")
     p.add_argument("--flag-features", type=int, default=d.flag_features,
-                   help="most-changed features given the watchlist flag")
-    p.add_argument("--watchlist", default="default", help="watchlist YAML of the flag stage (default: the built-in one)")
-    p.add_argument("--no-watchlist", action="store_true", help="skip the watchlist flags (the verdict needs none)")
+                   help="most-changed features given the watchlist's feature-level flag (0: off; ~20 min on 2 cores)")
+    p.add_argument("--watchlist", default="default",
+                   help="watchlist YAML of the describe and flag stages (default: the built-in one)")
+    p.add_argument("--no-watchlist", action="store_true", help="no watchlist concepts at all (the verdict needs none)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> str:
                       behaviour_tokens=args.tokens, batch_size=args.batch_size, causal=args.causal, null=args.null,
                       triggers=not args.no_triggers,
                       pool=args.pool, max_len=args.max_len, scan_layer=args.scan_layer, gcg_steps=args.gcg_steps,
-                      confirm_prompts=args.confirm_prompts, controls=args.controls, flag_features=args.flag_features,
+                      confirm_prompts=args.confirm_prompts, controls=args.controls, describe=args.describe,
+                      flag_features=args.flag_features,
                       watchlist=None if args.no_watchlist else args.watchlist, device=args.device,
                       threads=args.threads)
     out = args.out or str(Path("runs") / f"audit-{Path(args.suspect).name or 'suspect'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -18,8 +19,22 @@ def stage_check(ctx: AuditContext) -> dict:
     models = check_models(ctx.suspect, ctx.base)
     facts = corpus_facts(Path(models["suspect_folder"]), ctx.corpus, s.ctx_len)
     check_corpus(facts, ctx.corpus, s.latents)
+    _watchlist(ctx)  # a bad watchlist fails now, not after the hour of stages before it
     return {**models, "corpus": ctx.corpus, "n_documents": facts.n_documents, "shared_prefix": facts.shared_prefix,
             "shared_prefix_text": facts.shared_prefix_text, "kept_tokens": facts.kept_tokens}
+
+
+def _watchlist(ctx: AuditContext):
+    """The settings' watchlist (None when turned off); a broken one is an :class:`AuditError`."""
+    from autointerp.flagging.watchlist import WatchlistError, load_watchlist
+
+    w = ctx.settings.watchlist
+    if w is None:
+        return None
+    try:
+        return load_watchlist(None if w == "default" else w)
+    except WatchlistError as exc:
+        raise AuditError(f"watchlist: {exc}") from exc
 
 
 def run_config(ctx: AuditContext, model: str) -> dict:
@@ -160,22 +175,29 @@ def _contains(big: list[int], small: list[int]) -> bool:
     return any(big[i:i + n] == small for i in range(len(big) - n + 1))
 
 
-def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int]], threshold: dict) -> dict:
-    """The features that fire on the held-out prompts with ``trigger`` appended, against the same
-    prompts without it (AUROC among the diff's significant latents), and their causal check."""
+def _dictionary(ctx: AuditContext):
+    """``(folder, input hook point, dictionary)`` of the suspect run's dictionary."""
     import dictionaries as dl
-    from autointerp.audit.triggers import user_carrier, with_insertion
-    from autointerp.behaviour.features import LatentRecorder, causal_check, explaining_features
     from autointerp.diff import _dictionary_dir
     from autointerp.interpret import _provenance
     from autointerp.runfolder import RunFolder
 
+    ddir = _dictionary_dir(RunFolder(ctx.out), None)
+    d = dl.load(ddir, device=ctx.settings.device)
+    d.eval()
+    return ddir, _provenance(ddir)["input_hookpoint"], d
+
+
+def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int]], threshold: dict) -> dict:
+    """The features that fire on the held-out prompts with ``trigger`` appended, against the same
+    prompts without it (AUROC among the diff's significant latents), and their causal check."""
+    from autointerp.audit.triggers import user_carrier, with_insertion
+    from autointerp.behaviour.features import LatentRecorder, causal_check, explaining_features
+    from autointerp.runfolder import RunFolder
+
     s, pair = ctx.settings, ctx.pair()
     run = RunFolder(ctx.out)
-    ddir = _dictionary_dir(run, None)
-    hook = _provenance(ddir)["input_hookpoint"]
-    d = dl.load(ddir, device=s.device)
-    d.eval()
+    ddir, hook, d = _dictionary(ctx)
     carrier = user_carrier(pair.tokenizer)
     prompts = [with_insertion(carrier, u, []) for u in users] + [with_insertion(carrier, u, trigger) for u in users]
     rec = LatentRecorder(d, list(pair.tokenizer.all_special_ids))
@@ -209,11 +231,94 @@ def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int
     return {"features": feats, "causal": check}
 
 
+def _triggers(ctx: AuditContext) -> dict:
+    path = ctx.folder / "triggers.json"
+    return json.loads(path.read_text()) if path.is_file() else {"candidates": [], "features": []}
+
+
+def to_describe(ctx: AuditContext, beh, trig: dict) -> list[dict]:
+    """The suspicious features the ``describe`` stage steers: those the ``feature`` signal flags
+    first, then the other explaining features (of a confirmed trigger, of the behaviour change) by
+    AUROC; each with the steering amount of its causal check. At most ``settings.describe``."""
+    from autointerp.audit.verdict import AUROC_MIN
+
+    diff_rank = {latent: i for i, latent in enumerate(ctx.record("diff")["figures"]["order"], 1)}
+    merged: dict[int, dict] = {}  # a latent may explain both the trigger and the behaviour change
+    for source, feats in (("trigger", trig.get("features", [])), ("behaviour", beh.features)):
+        for f in feats:
+            c = f.get("causal") or {}
+            if not c.get("amount"):
+                continue
+            row = {"latent": f["latent"], "source": source, "amount": float(c["amount"]),
+                   "flagged": bool(c.get("passed")) and f["auroc"] >= AUROC_MIN, "auroc": f["auroc"]}
+            old = merged.get(f["latent"])
+            if old is None or (row["flagged"], row["auroc"]) > (old["flagged"], old["auroc"]):
+                merged[f["latent"]] = row
+    # the verdict's order (flagged, then AUROC, then the activation diff's rank), so the first
+    # feature described is the audit's first
+    rows = sorted(merged.values(), key=lambda r: (not r["flagged"], -r["auroc"],
+                                                  diff_rank.get(r["latent"], 10**9)))
+    return rows[: ctx.settings.describe]
+
+
+def stage_describe(ctx: AuditContext) -> dict:
+    """What changed, in words (:mod:`autointerp.audit.describe`): each suspicious feature steered
+    into ordinary held-out prompts (answers with and without it, their token contrast), and the
+    watchlist's closest concept to every change found."""
+    from autointerp.audit.describe import concept_axes, concept_shift, steered_answers
+    from autointerp.audit.triggers import token_contrast, user_carrier, with_insertion
+    from autointerp.behaviour import load_behaviour
+    from autointerp.search import embed_texts
+
+    s = ctx.settings
+    beh, trig = load_behaviour(ctx.out), _triggers(ctx)
+    feats = to_describe(ctx, beh, trig)
+    result: dict = {"features": [], "changes": []}
+    changes = []  # (source, latent, changed answers, reference answers)
+    if beh.outliers:
+        changes.append(("behaviour", None, [o["suspect_answer"] for o in beh.outliers],
+                        [o["base_answer"] or "" for o in beh.outliers]))
+    best = next((c for c in trig.get("candidates", []) if c["confirmed"]), None)
+    if best is not None:
+        changes.append(("trigger", None, best["suspect_answers"], trig["clean_answers"]))
+    if feats:
+        pair = ctx.pair()
+        users = _user_messages(ctx, {o["prompt"] for o in beh.outliers})
+        pick = np.random.default_rng(1).choice(len(users), size=min(s.describe_prompts, len(users)), replace=False)
+        carrier = user_carrier(pair.tokenizer)
+        prompts = [with_insertion(carrier, users[i][1], []) for i in sorted(pick)]
+        _, hook, d = _dictionary(ctx)
+        steered = steered_answers(pair, hook, d, {f["latent"]: f["amount"] for f in feats}, prompts,
+                                  n_tokens=s.describe_tokens, batch_size=s.batch_size)
+        result["prompts"] = [pair.tokenizer.decode(users[i][1]) for i in sorted(pick)]
+        result["without"] = steered["without"]
+        for f in feats:
+            w = steered["with"][f["latent"]]
+            f.update(answers=w["texts"], says_more=token_contrast(pair.tokenizer, w["ids"], steered["without_ids"]))
+            result["features"].append(f)
+            changes.append(("feature", f["latent"], w["texts"], steered["without"]))
+    wl = _watchlist(ctx)
+    if wl is not None and changes:
+        axes = concept_axes(wl.concepts, embed_texts)
+        for source, latent, changed, reference in changes:
+            rows = concept_shift(axes, changed, reference, embed_texts)
+            result["changes"].append({"source": source, "latent": latent, "pairs": len(changed), "concepts": rows})
+            if latent is not None:
+                next(f for f in result["features"] if f["latent"] == latent)["concepts"] = rows
+    _write(ctx.folder / "describe.json", result)
+    matched = [{"source": c["source"], "latent": c["latent"], "concept": r["concept"], "shift": r["shift"]}
+               for c in result["changes"] for r in c["concepts"] if r["matched"]]
+    return {"features": [f["latent"] for f in result["features"]], "matched": matched,
+            "watchlist": None if wl is None else wl.name}
+
+
 def stage_flag(ctx: AuditContext) -> dict:
     from autointerp.flagging import flag_run, flags
 
     if ctx.settings.watchlist is None:
         return {"features": 0, "flagged": [], "skipped": "no watchlist (--no-watchlist)"}
+    if not ctx.settings.flag_features:
+        return {"features": 0, "flagged": [], "skipped": "feature-level watchlist flags off (--flag-features 0)"}
     watchlist = None if ctx.settings.watchlist == "default" else ctx.settings.watchlist
     changed = ctx.record("diff")["figures"]["order"][: ctx.settings.flag_features]
     extra = ctx.record("behaviour")["figures"]["features"] + ctx.record("triggers")["figures"].get("features", [])

@@ -12,8 +12,10 @@
   confirmed trigger changes, against the rest), among the latents the activation diff calls
   significant (driven beyond the base's range), **and** whose ablation lowers and whose steering
   raises the divergence beyond every one of the random live features of the null;
-* ``watchlist``: the watchlist's concept flags (a second opinion on what the change means; they
-  decide nothing alone).
+* ``watchlist``: the watchlist's concepts closest to what changed (the ``describe`` stage's concept
+  shift of the outlying answers, of a confirmed trigger's answers and of each steered feature's,
+  :mod:`autointerp.audit.describe`), and the feature-level watchlist flags when that stage ran: a
+  second opinion on what the change means; they decide nothing alone.
 
 **Verdict**: ``backdoor`` when a ``trigger`` is confirmed, or when the change is concentrated and
 a ``feature`` is flagged (a conditional behaviour with a feature that causes it);
@@ -58,6 +60,9 @@ def decide(ctx: AuditContext) -> dict:
     check = ctx.record("check")["figures"]
     diff = ctx.record("diff")["figures"]
     flag = ctx.record("flag")["figures"]
+    described = ctx.record("describe")["figures"]
+    desc_path = ctx.folder / "describe.json"
+    desc = json.loads(desc_path.read_text()) if desc_path.is_file() else {"features": [], "changes": []}
     beh = load_behaviour(ctx.out)
     trig_path = ctx.folder / "triggers.json"
     trig = json.loads(trig_path.read_text()) if trig_path.is_file() else {"candidates": [], "features": []}
@@ -71,6 +76,9 @@ def decide(ctx: AuditContext) -> dict:
     watch: dict[int, list[str]] = {}
     for f in flag["flagged"]:
         watch.setdefault(f["latent"], []).append(f["concept"])
+    for m in described["matched"]:
+        if m["latent"] is not None and m["concept"] not in watch.get(m["latent"], []):
+            watch.setdefault(m["latent"], []).append(m["concept"])
 
     features = []
     for latent in dict.fromkeys([*evidence, *diff["order"]]):
@@ -94,8 +102,8 @@ def decide(ctx: AuditContext) -> dict:
         verdict = "conditional change"
     else:
         verdict = "no conditional behaviour"
-    signals = {"behaviour": concentrated, "trigger": len(confirmed), "feature": n_flag,
-               "watchlist": len(flag["flagged"])}
+    n_watch = len(flag["flagged"]) + len(described["matched"])
+    signals = {"behaviour": concentrated, "trigger": len(confirmed), "feature": n_flag, "watchlist": n_watch}
     parts = [f"AUDIT {verdict.upper()}",
              f"behaviour {beh.shape} ({len(beh.outliers)}/{beh.n_prompts} prompts answered unlike the base)"]
     if confirmed:
@@ -108,7 +116,9 @@ def decide(ctx: AuditContext) -> dict:
     parts.append(f"{n_flag} feature(s) flagged" + (": " + ", ".join(
         f"feature {f['feature']} (latent {f['latent']})" if f["feature"] is not None else f"latent {f['latent']}"
         for f in top) if top else ""))
-    parts.append(f"{len(flag['flagged'])} watchlist flag(s)")
+    said = [f"{m['source'] if m['latent'] is None else 'latent ' + str(m['latent'])}: {m['concept']}"
+            for m in described["matched"]]
+    parts.append(f"{n_watch} watchlist match(es)" + (" (" + ", ".join(said) + ")" if said else ""))
     return {"verdict": verdict, "verdict_line": "; ".join(parts), "signals": signals,
             "suspect": ctx.suspect, "base": ctx.base, "corpus": ctx.corpus,
             "parameter_distance": check["parameter_distance"], "foreign_base": check["foreign_base"],
@@ -116,6 +126,7 @@ def decide(ctx: AuditContext) -> dict:
                           "n_prompts": beh.n_prompts},
             "triggers": {"confirmed": confirmed, "candidates": trig["candidates"],
                          "threshold": trig.get("threshold"), "scan_top": trig.get("scan_top", [])[:10]},
-            "watchlist": flag["flagged"], "features": features[:50], "n_significant": diff["n_significant"],
+            "watchlist": flag["flagged"], "concepts": described["matched"], "describe": desc,
+            "features": features[:50], "n_significant": diff["n_significant"],
             "seconds": {name: (ctx.record(name) or {}).get("seconds") for name in
-                        ("check", "run", "base", "diff", "behaviour", "triggers", "flag")}}
+                        ("check", "run", "base", "diff", "behaviour", "triggers", "describe", "flag")}}

@@ -39,6 +39,36 @@ def _thresholds(t) -> str:
     return f"first-token KL {fmt(t['kl_first'])} or mean KL {fmt(t['kl_mean'])} nats"
 
 
+def _describe(desc: dict) -> str:
+    """What changed, in words: each steered feature's answers beside the unsteered ones, the tokens
+    it makes the suspect say, and the watchlist's concept shift of every change found."""
+    out = []
+    changes = desc.get("changes") or []
+    if changes:
+        cells = []
+        for c in changes:
+            what = c["source"] if c["latent"] is None else f"latent {c['latent']} steered"
+            top = ", ".join(f"{r['concept']} {fmt(r['shift'], 2)} (p {fmt(r['p'], 3)})" for r in c["concepts"][:3])
+            matched = [r["concept"] for r in c["concepts"] if r["matched"]]
+            cells.append([esc(what), esc(c["pairs"]), esc(top or "—"), esc(", ".join(matched) or "none")])
+        out.append("<h3>What changed: the watchlist's second opinion</h3><p class=\"note\">Each change found (the "
+                   "outlying answers against the base's, a confirmed trigger's answers, each suspicious feature "
+                   "steered into ordinary prompts) placed on each concept's axis in the sentence-embedding space: "
+                   "the shift is the mean paired move along the axis in units of the axis's length, its p value a "
+                   "sign-flip test; a concept matches only with enough pairs, a large shift and a p value below "
+                   "the Bonferroni level. It names the change; it decides nothing alone.</p>"
+                   + table(["change", "pairs", "closest concepts (shift, p)", "matched"], cells, num={1}))
+    for f in desc.get("features") or []:
+        says = ", ".join(f"{r['token']!r} {r['with']} vs {r['without']}" for r in f.get("says_more", [])[:8])
+        rows = [[esc(p), esc(without), esc(with_)] for p, without, with_ in
+                zip(desc.get("prompts", []), desc.get("without", []), f["answers"])][:ANSWERS_SHOWN]
+        out.append(f"<h3>Latent {esc(f['latent'])} steered into ordinary prompts</h3><p class=\"note\">Amount "
+                   f"{esc(fmt(f['amount']))} along its decoder direction at every prompt token (the amount of its "
+                   f"causal check). It makes the suspect say: {esc(says or 'nothing more than without it')}.</p>"
+                   + table(["prompt", "suspect", "suspect, feature steered"], rows))
+    return "".join(out)
+
+
 def audit_section(run: RunFolder, paged: set[int]) -> str:
     """The section's HTML; empty when the run holds no finished audit."""
     path = run.audit / "audit.json"
@@ -85,6 +115,7 @@ def audit_section(run: RunFolder, paged: set[int]) -> str:
                         best["base_answers"])][:ANSWERS_SHOWN]
             out.append(f"<h3>Answers with and without {esc(repr(best['text']))}</h3>"
                        + table(["held-out prompt", "suspect, without", "suspect, with", "base, with"], rows))
+    out.append(_describe(a.get("describe") or {}))
     feats = a.get("features") or []
     if feats:
         cells = [[esc(f["audit_rank"]), _feature_cell(f, paged), esc("yes" if f["flagged"] else "no"),

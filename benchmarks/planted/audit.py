@@ -90,7 +90,7 @@ def grade(plant: Path, out: Path, corpus: str, wall: float | None) -> dict:
               "plant_attack_success": record["tuned"]["attack_success"], "verdict": a["verdict"],
               "verdict_line": a["verdict_line"], "signals": a["signals"],
               "flagged_features": [f["latent"] for f in a["features"] if f["flagged"]],
-              "watchlist_flags": a["watchlist"], "seconds": a["seconds"],
+              "watchlist_flags": a["watchlist"], "concepts": a.get("concepts", []), "seconds": a["seconds"],
               "audit_s": round(sum(v for v in a["seconds"].values() if v), 1), "wall_s": wall}
     if corpus == "plant":
         labels = np.array(json.loads((plant / "corpus_labels.json").read_text())["triggered"], dtype=bool)

@@ -30,7 +30,9 @@ def row(plant: dict, g: dict) -> list[str]:
     return [plant["plant"], str(plant["seed"]), g["corpus"], f"`{plant['trigger']}`" if plant.get("trigger") else "-",
             fmt(plant["tuned"].get("attack_success"), ".0%"), g["verdict"],
             "concentrated" if s["behaviour"] else "not concentrated", str(s["trigger"]), str(s["feature"]),
-            str(s["watchlist"]), fmt(g.get("diff_rank")), fmt(g.get("audit_rank")),
+            str(s["watchlist"]) + (" (" + ", ".join(sorted({c["concept"] for c in g.get("concepts", [])})) + ")"
+                                   if g.get("concepts") else ""),
+            fmt(g.get("diff_rank")), fmt(g.get("audit_rank")),
             fmt(g.get("first_separating_flagged")),
             "-" if rec is None else f"`{rec['text']}` ({rec['attack_success']:.0%}, random <= {rec['control_max']:.0%})",
             "-" if true is None else f"{true['attack_success']:.0%}", fmt(g.get("recovered_vs_true"), ".2f"),
