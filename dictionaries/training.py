@@ -21,7 +21,8 @@ Each step, for each dictionary, on normalised activations ``x * s_in`` (target `
 The first batch sets the input scale ``s = sqrt(d) / mean ||x||`` and ``b_dec`` (geometric median
 or mean of the normalised target); ``b_enc = -center(x) @ W_enc`` so pre-activations start
 centred. At the end the scale is folded into the weights (:meth:`Dictionary.fold_scale`) and each
-dictionary is written to ``<out>/<name>/{cfg.json, weights.safetensors, metrics.json}``.
+dictionary is written to ``<out>/<name>/{cfg.json, weights.safetensors, metrics.json}``. Checkpoints and
+resuming: :mod:`dictionaries.run_state`.
 """
 
 from __future__ import annotations
@@ -29,9 +30,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import shutil
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,17 +39,9 @@ from tqdm.auto import tqdm
 
 from . import distributed as ddp
 from .base import Dictionary, DictionaryOutput, build
-from .checkpoint import (
-    complete_checkpoints,
-    load_optimizer_state,
-    load_tensors,
-    publish,
-    read_json,
-    step_dir_name,
-    write_checkpoint_files,
-)
 from .data import BatchSource
 from .io import save, write_json_atomic
+from .run_state import Checkpoints, RunState
 from .train_config import DictionarySpec, StepInfo, TrainConfig, TrainedDictionary, TrainingDivergedError
 
 __all__ = [
@@ -65,8 +55,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 1
 
 
 # --------------------------------------------------------------------------------------
@@ -100,24 +88,6 @@ def _mean_norm(x_ND: Tensor) -> float:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Run:
-    """Training state of one dictionary."""
-
-    spec: DictionarySpec
-    model: Dictionary
-    optimizer: torch.optim.Adam
-    peak_lr: float
-    tokens_since_fired_F: Tensor
-    in_scale: float = float("nan")
-    out_scale: float = float("nan")
-    history: deque = field(default_factory=deque)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-
 class Trainer:
     """Trains several dictionaries, each on its own key(s) of a shared batch stream.
 
@@ -137,7 +107,12 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.world = ddp.current_world()
-        self.last_checkpoint: dict[str, Path] = {}
+        self.checkpoints = Checkpoints(self.out_dir, cfg, self.world)
+
+    @property
+    def last_checkpoint(self) -> dict[str, Path]:
+        """each dictionary's latest checkpoint written or resumed from."""
+        return self.checkpoints.last
 
     # ---- public ---------------------------------------------------------------------
 
@@ -162,9 +137,9 @@ class Trainer:
         runs = [self._new_run(spec) for spec in self.specs]
         step, tokens = 0, 0
         if resume:
-            step, tokens = self._resume(runs, source)
+            step, tokens = self.checkpoints.resume(runs, source)
         else:
-            self._refuse_existing_checkpoints()
+            self.checkpoints.refuse_existing([s.name for s in self.specs])
 
         warnings: list[str] = []
         batches = iter(source)
@@ -195,14 +170,14 @@ class Trainer:
                 if on_step is not None:
                     on_step(StepInfo(step, tokens, outputs, {r.name: r.model for r in runs}))
                 if self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0:
-                    self._checkpoint(runs, step, tokens, source)
+                    self.checkpoints.save(runs, step, tokens, source)
         finally:
             bar.close()
         return self._finish(runs, step, tokens, warnings)
 
     # ---- setup ----------------------------------------------------------------------
 
-    def _new_run(self, spec: DictionarySpec) -> _Run:
+    def _new_run(self, spec: DictionarySpec) -> RunState:
         model = build(spec.cfg).to(self.cfg.device)
         peak_lr = self.cfg.lr_for(spec.cfg.n_latents)
         # Not fused=True: it is faster on CPU but broke bit-identical resume in
@@ -212,11 +187,11 @@ class Trainer:
         groups = [{"params": encoder, "lr_scale": self.cfg.encoder_lr_scale},
                   {"params": decoder, "lr_scale": 1.0}]
         optimizer = torch.optim.Adam(groups, lr=peak_lr, betas=self.cfg.betas, eps=self.cfg.eps)
-        return _Run(spec=spec, model=model, optimizer=optimizer, peak_lr=peak_lr,
+        return RunState(spec=spec, model=model, optimizer=optimizer, peak_lr=peak_lr,
                     tokens_since_fired_F=torch.zeros(spec.cfg.n_latents, dtype=torch.int64,
                                                      device=self.cfg.device))
 
-    def _inputs(self, run: _Run, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def _inputs(self, run: RunState, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Raw ``(x [B, d_in], y [B, d_out])`` of ``run`` from ``batch``, as float32."""
         for key in (run.spec.input_key, run.spec.target_key):
             if key not in batch:
@@ -233,7 +208,7 @@ class Trainer:
         return next(iter(batch.values())).shape[0]
 
     @torch.no_grad()
-    def _initialise(self, run: _Run, batch: dict[str, Tensor]) -> None:
+    def _initialise(self, run: RunState, batch: dict[str, Tensor]) -> None:
         """Scales from the first batch (averaged over ranks); biases from rank 0's first batch."""
         cfg, model = run.spec.cfg, run.model
         x, y = self._inputs(run, batch)
@@ -255,7 +230,7 @@ class Trainer:
 
     # ---- one step -------------------------------------------------------------------
 
-    def _step(self, run: _Run, batch: dict[str, Tensor], step: int, n_tokens: int) -> DictionaryOutput:
+    def _step(self, run: RunState, batch: dict[str, Tensor], step: int, n_tokens: int) -> DictionaryOutput:
         model, opt = run.model, run.optimizer
         x, y = self._inputs(run, batch)
         x = x * run.in_scale
@@ -300,7 +275,7 @@ class Trainer:
                 return f"gradient of {name}"
         return None
 
-    def _postfix(self, runs: list[_Run]) -> dict[str, str]:
+    def _postfix(self, runs: list[RunState]) -> dict[str, str]:
         last = [r.history[-1] for r in runs if r.history]
         if not last:
             return {}
@@ -313,105 +288,9 @@ class Trainer:
             "dead": f"{sum(dead) / len(dead):.1%}",
         }
 
-    # ---- checkpoints ----------------------------------------------------------------
-
-    def _checkpoints_dir(self, name: str) -> Path:
-        return self.out_dir / name / "checkpoints"
-
-    def _identity(self, run: _Run) -> dict[str, Any]:
-        """What a checkpoint must match to be resumed by this trainer."""
-        return {"spec": run.spec.to_dict(), "train": self.cfg.resume_fields(), "world_size": self.world.size}
-
-    def _checkpoint(self, runs: list[_Run], step: int, tokens: int, source: BatchSource) -> None:
-        for run in runs:
-            ckpt_dir = self._checkpoints_dir(run.name)
-            final = ckpt_dir / step_dir_name(step)
-            tmp = ckpt_dir / f".tmp-{step_dir_name(step)}"
-            if self.world.is_main:
-                state = {
-                    "format": CHECKPOINT_FORMAT,
-                    "step": step,
-                    "tokens": tokens,
-                    "in_scale": run.in_scale,
-                    "out_scale": run.out_scale,
-                    "history": [list(h) for h in run.history],
-                    "identity": self._identity(run),
-                }
-                trainer_tensors = {
-                    "tokens_since_fired": run.tokens_since_fired_F,
-                    "rng_state": torch.get_rng_state(),
-                }
-                write_checkpoint_files(tmp, run.model, run.optimizer, trainer_tensors, state)
-            ddp.barrier()
-            write_json_atomic(source.state_dict(), tmp / f"source-rank{self.world.rank}.json")
-            ddp.barrier()
-            if self.world.is_main:
-                publish(tmp, final)
-                self._prune_checkpoints(ckpt_dir)
-            ddp.barrier()
-            self.last_checkpoint[run.name] = final
-
-    def _prune_checkpoints(self, ckpt_dir: Path) -> None:
-        if self.cfg.keep_checkpoints is None:
-            return
-        existing = complete_checkpoints(ckpt_dir)
-        for old in sorted(existing)[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(existing[old])
-
-    def _refuse_existing_checkpoints(self) -> None:
-        for spec in self.specs:
-            existing = complete_checkpoints(self._checkpoints_dir(spec.name))
-            if existing:
-                raise ValueError(
-                    f"{self._checkpoints_dir(spec.name)} already holds checkpoints "
-                    f"(steps {sorted(existing)}); "
-                    "pass resume=True to continue them or choose another out_dir"
-                )
-
-    def _resume(self, runs: list[_Run], source: BatchSource) -> tuple[int, int]:
-        per_run = {r.name: complete_checkpoints(self._checkpoints_dir(r.name)) for r in runs}
-        common = set.intersection(*(set(c) for c in per_run.values()))
-        if not common:
-            logger.info("resume=True but no common complete checkpoint: starting from scratch")
-            return 0, 0
-        step = max(common)
-        tokens = None
-        for run in runs:
-            path = per_run[run.name][step]
-            state = read_json(path / "state.json")
-            self._check_identity(path, state, run)
-            run.model.load_state_dict(load_tensors(path / "model.safetensors"), strict=True)
-            load_optimizer_state(run.optimizer, load_tensors(path / "optimizer.safetensors"),
-                                 read_json(path / "optimizer.json"))
-            trainer_tensors = load_tensors(path / "trainer.safetensors")
-            run.tokens_since_fired_F = trainer_tensors["tokens_since_fired"].to(self.cfg.device)
-            rng_state = trainer_tensors["rng_state"]
-            run.in_scale, run.out_scale = float(state["in_scale"]), float(state["out_scale"])
-            run.history = deque(tuple(h) for h in state["history"])
-            tokens = int(state["tokens"])
-            self.last_checkpoint[run.name] = path
-        torch.set_rng_state(rng_state)
-        source.load_state_dict(read_json(per_run[runs[0].name][step] / f"source-rank{self.world.rank}.json"))
-        logger.info("resumed from step %d (%d tokens)", step, tokens)
-        assert tokens is not None
-        return step, tokens
-
-    def _check_identity(self, path: Path, state: dict[str, Any], run: _Run) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"checkpoint {path} has format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}"
-            )
-        saved, now = state["identity"], self._identity(run)
-        diffs = _diff(saved, now)
-        if diffs:
-            raise ValueError(
-                f"checkpoint {path} was written with a different configuration and cannot be resumed: "
-                + "; ".join(diffs)
-            )
-
     # ---- the end --------------------------------------------------------------------
 
-    def _finish(self, runs: list[_Run], step: int, tokens: int,
+    def _finish(self, runs: list[RunState], step: int, tokens: int,
                 warnings: list[str]) -> dict[str, TrainedDictionary]:
         results: dict[str, TrainedDictionary] = {}
         for run in runs:
@@ -428,7 +307,7 @@ class Trainer:
         ddp.barrier()
         return results
 
-    def _final_metrics(self, run: _Run, step: int, tokens: int, warnings: list[str]) -> dict[str, Any]:
+    def _final_metrics(self, run: RunState, step: int, tokens: int, warnings: list[str]) -> dict[str, Any]:
         dead_fraction = float((run.tokens_since_fired_F >= self.cfg.dead_after_tokens).double().mean())
         if tokens < self.cfg.dead_after_tokens:
             warnings.append(
@@ -463,14 +342,3 @@ class Trainer:
             "warnings": warnings,
         }
 
-
-def _diff(saved: Any, now: Any, prefix: str = "") -> list[str]:
-    """Human-readable differences between two JSON-like values."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        out = []
-        for key in sorted(set(saved) | set(now)):
-            out += _diff(saved.get(key, "<missing>"), now.get(key, "<missing>"), f"{prefix}{key}.")
-        return out
-    if isinstance(saved, (list, tuple)) and isinstance(now, (list, tuple)):
-        saved, now = list(saved), list(now)
-    return [] if saved == now else [f"{prefix.rstrip('.')}: checkpoint {saved!r} != now {now!r}"]
