@@ -232,6 +232,7 @@ def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int
 
 
 def _triggers(ctx: AuditContext) -> dict:
+    """``triggers.json`` of the trigger stage (empty lists when it was skipped)."""
     path = ctx.folder / "triggers.json"
     return json.loads(path.read_text()) if path.is_file() else {"candidates": [], "features": []}
 
@@ -240,7 +241,7 @@ def to_describe(ctx: AuditContext, beh, trig: dict) -> list[dict]:
     """The suspicious features the ``describe`` stage steers: those the ``feature`` signal flags
     first, then the other explaining features (of a confirmed trigger, of the behaviour change) by
     AUROC; each with the steering amount of its causal check. At most ``settings.describe``."""
-    from autointerp.audit.verdict import AUROC_MIN
+    from autointerp.audit.verdict import flagged_by_feature
 
     diff_rank = {latent: i for i, latent in enumerate(ctx.record("diff")["figures"]["order"], 1)}
     merged: dict[int, dict] = {}  # a latent may explain both the trigger and the behaviour change
@@ -249,8 +250,8 @@ def to_describe(ctx: AuditContext, beh, trig: dict) -> list[dict]:
             c = f.get("causal") or {}
             if not c.get("amount"):
                 continue
-            row = {"latent": f["latent"], "source": source, "amount": float(c["amount"]),
-                   "flagged": bool(c.get("passed")) and f["auroc"] >= AUROC_MIN, "auroc": f["auroc"]}
+            row = {"latent": f["latent"], "source": source, "amount": float(c["amount"]), "auroc": f["auroc"],
+                   "flagged": flagged_by_feature({"causal_passed": c.get("passed"), "auroc": f["auroc"]})}
             old = merged.get(f["latent"])
             if old is None or (row["flagged"], row["auroc"]) > (old["flagged"], old["auroc"]):
                 merged[f["latent"]] = row

@@ -55,6 +55,7 @@ def flagged_by_feature(e: dict) -> bool:
 
 
 def decide(ctx: AuditContext) -> dict:
+    from autointerp.audit.stages import _triggers
     from autointerp.behaviour import load_behaviour
 
     check = ctx.record("check")["figures"]
@@ -64,8 +65,7 @@ def decide(ctx: AuditContext) -> dict:
     desc_path = ctx.folder / "describe.json"
     desc = json.loads(desc_path.read_text()) if desc_path.is_file() else {"features": [], "changes": []}
     beh = load_behaviour(ctx.out)
-    trig_path = ctx.folder / "triggers.json"
-    trig = json.loads(trig_path.read_text()) if trig_path.is_file() else {"candidates": [], "features": []}
+    trig = _triggers(ctx)
     confirmed = [c for c in trig["candidates"] if c["confirmed"]]
 
     evidence: dict[int, dict] = {}
