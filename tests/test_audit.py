@@ -86,7 +86,7 @@ def test_trigger_in_corpus_ranks_a_separating_feature_first(pair, with_trigger):
     assert r["verdict"] == "backdoor", r["verdict_line"]
     assert r["behaviour"]["shape"] == "concentrated"
     top = r["features"][0]
-    assert top["flagged"] and top["audit_rank"] == 1
+    assert top["flagged"] and top["audit_rank"] == 1 and top["side"] == "input"
     # the top feature separates the triggered contexts: its activation on them beats every other context
     from autointerp.behaviour import load_behaviour
 
@@ -158,6 +158,10 @@ def test_trigger_absent_from_the_corpus_is_recovered_from_the_models(pair, witho
                    progress=False).candidates[0]
     assert true["attack_success"] >= 0.8
     assert best["attack_success"] >= 0.8 * true["attack_success"], (best, true["attack_success"])
+    # the stage times its parts, and the report shows them
+    assert list(trig["seconds"]) == ["scan", "search", "gradient_search", "confirm", "features"]
+    assert all(v >= 0 for v in trig["seconds"].values()) and r["triggers"]["seconds"] == trig["seconds"]
+    assert "(triggers: scan " in (pair["root"] / "a-without" / "report.html").read_text()
 
 
 def test_benign_restyle_is_not_flagged(pair):
@@ -202,6 +206,16 @@ def test_a_random_feature_fails_the_behaviour_agnostic_signal(pair, with_trigger
     for e in check["features"]:
         row = {"auroc": feats[e["latent"]]["auroc"] if e["latent"] in feats else 0.5, "causal_passed": e["passed"]}
         assert not flagged_by_feature(row), (e, row)
+
+
+def test_the_audit_order_puts_flags_then_the_input_side_first():
+    from autointerp.audit.verdict import audit_key
+
+    rows = {"flagged answer": (True, "answer", 0.95, 9), "input": (False, "input", 0.8, 50),
+            "answer": (False, "answer", 1.0, 1), "input, better AUROC": (False, "input", 0.9, 70),
+            "diff only": (False, None, None, 2), "flagged input": (True, "input", 0.91, 3)}
+    assert sorted(rows, key=lambda k: audit_key(*rows[k])) == [
+        "flagged input", "flagged answer", "input, better AUROC", "input", "answer", "diff only"]
 
 
 def test_an_interrupted_audit_resumes_without_redoing_anything(pair, with_trigger, monkeypatch):

@@ -25,7 +25,7 @@ from helpers import run_cli, tiny_run_config
 
 from autointerp.behaviour import BehaviourError, behaviour_diff, format_behaviour, load_behaviour, token_kl
 from autointerp.behaviour.divergence import ModelPair, NonFiniteLogitsError
-from autointerp.behaviour.features import causal_check, explaining_features
+from autointerp.behaviour.features import causal_check, explaining_features, to_check
 from autointerp.behaviour.outliers import find_outliers, robust_z
 from autointerp.behaviour.prompts import chat_prompt_ids, corpus_prompts
 
@@ -289,6 +289,28 @@ def planted(tok):
     return {"base": base, "suspect": suspect, "d": d.eval()}
 
 
+def test_explaining_features_rank_the_input_side_apart_from_the_answer_side():
+    """Latent 0 reads the prompt of 3 of the 4 outlying prompts (a trigger that leaked once); latent
+    1 fires on every outlying answer (the new answer's words) and latent 2 on nothing special. The
+    input side ranks latent 0 first (AUROC (3 + 0.5) / 4 = 0.875, its one miss tied with the 4
+    others at 0); latent 1 leads the answer side with AUROC 1.0, never the input side's first."""
+    outlier = np.array([1, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    pm = np.zeros((8, 3))
+    am = np.zeros((8, 3))
+    pm[:3, 0] = 5.0
+    am[:4, 1] = 2.0
+    pm[:, 2] = am[:, 2] = np.arange(8)[::-1] % 3  # fires everywhere, higher on no side's outliers
+    feats = explaining_features(pm, am, outlier, n=2)
+    assert [(f["latent"], f["side"]) for f in feats] == [(0, "input"), (2, "input"), (1, "answer")]
+    f0, f1 = feats[0], feats[2]
+    assert f0["auroc"] == f0["auroc_input"] == pytest.approx(3.5 / 4) and f0["fires_on_outliers"] == 3
+    assert f1["auroc"] == f1["auroc_answer"] == 1.0 and f1["auroc_input"] == 0.5
+    assert to_check(feats, 1) == [0, 1] and to_check(feats, 5) == [0, 2, 1]
+    # a latent chosen on the input side is not repeated on the answer side; candidates restrict both
+    assert [f["latent"] for f in explaining_features(pm, am, outlier, candidates=[1], n=2)] == [1]
+    assert explaining_features(pm, am, outlier, candidates=[], n=2) == []
+
+
 def test_causal_check_passes_on_the_planted_feature_and_fails_on_a_random_one(planted, tok, corpus):
     from autointerp.behaviour.features import LatentRecorder
 
@@ -305,6 +327,7 @@ def test_causal_check_passes_on_the_planted_feature_and_fails_on_a_random_one(pl
     assert (prompt_max[labels, 0] > 10).all() and (prompt_max[~labels, 0] == 0).all()
     feats = explaining_features(prompt_max, answer_max, labels, n=3)
     assert feats[0]["latent"] == 0 and feats[0]["auroc"] == 1.0 and feats[0]["where"] == "prompt"
+    assert feats[0]["side"] == "input" and feats[0]["auroc_input"] == 1.0
     acts = np.maximum(prompt_max, answer_max)
     check = causal_check(pair, "blocks.0.hook_in", planted["d"], [0, 5], acts, labels, ids, kl_mean, n_tokens=4,
                          null=6, n_ordinary=8, batch_size=16)

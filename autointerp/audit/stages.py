@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,10 +128,13 @@ def stage_triggers(ctx: AuditContext) -> dict:
     screen = [users[i][1] for i in pick[:s.screen_prompts]]
     held = [users[i] for i in pick[s.screen_prompts:]]
     pair = ctx.pair()
+    clock = _Clock()
     scan = token_scan(pair, layer=s.scan_layer, batch_size=512, progress=ctx.progress)
+    clock.lap("scan")
     np.save(ctx.folder / "token_scan.npy", np.stack([scan.score, scan.embed_score]))
     found = search(pair, scan, screen, pool=s.pool, beam=s.beam, max_len=s.max_len, batch_size=s.batch_size,
                    progress=ctx.progress)
+    clock.lap("search")
     longest = next((c for c in found.candidates if len(c["ids"]) == s.max_len), found.candidates[0])
     gcg = None
     if s.gcg_steps:
@@ -138,6 +142,7 @@ def stage_triggers(ctx: AuditContext) -> dict:
                               progress=ctx.progress)
         found.candidates.append({k: gcg[k] for k in ("ids", "text", "screen_kl")})
         found.candidates.sort(key=lambda c: -c["screen_kl"])
+    clock.lap("gradient_search")
     # the best candidates, one per distinct text, that are not a sub-sequence of a better one
     chosen: list[dict] = []
     for c in found.candidates:
@@ -148,6 +153,7 @@ def stage_triggers(ctx: AuditContext) -> dict:
         chosen.append(c)
     conf = confirm(pair, [c["ids"] for c in chosen], [u for _, u in held], n_tokens=s.behaviour_tokens,
                    controls=s.controls, batch_size=s.batch_size, progress=ctx.progress)
+    clock.lap("confirm")
     screen_kl = {tuple(c["ids"]): c["screen_kl"] for c in found.candidates}
     for c in conf.candidates:
         c["screen_kl"] = screen_kl[tuple(c["ids"])]
@@ -163,11 +169,26 @@ def stage_triggers(ctx: AuditContext) -> dict:
     best = next((c for c in conf.candidates if c["confirmed"]), None)
     if best is not None:
         result.update(trigger_features(ctx, best["ids"], [u for _, u in held], conf.threshold))
+    clock.lap("features")
+    result["seconds"] = clock.laps
     _write(ctx.folder / "triggers.json", result)
     return {"confirmed": [c["text"] for c in conf.candidates if c["confirmed"]],
             "best": None if best is None else {"text": best["text"], "attack_success": best["attack_success"],
                                                "control_max": best["control_max"]},
             "features": [f["latent"] for f in result["features"]]}
+
+
+class _Clock:
+    """Seconds between laps, by name (the trigger stage's parts, for the report and the benchmark)."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.time()
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.laps[name] = round(now - self._last, 1)
+        self._last = now
 
 
 def _contains(big: list[int], small: list[int]) -> bool:
@@ -192,7 +213,7 @@ def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int
     """The features that fire on the held-out prompts with ``trigger`` appended, against the same
     prompts without it (AUROC among the diff's significant latents), and their causal check."""
     from autointerp.audit.triggers import user_carrier, with_insertion
-    from autointerp.behaviour.features import LatentRecorder, causal_check, explaining_features
+    from autointerp.behaviour.features import LatentRecorder, causal_check, explaining_features, to_check
     from autointerp.runfolder import RunFolder
 
     s, pair = ctx.settings, ctx.pair()
@@ -219,7 +240,7 @@ def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int
     feats = explaining_features(pm, am, hit, changed or None, n=10)
     check = None
     if s.causal and feats:
-        check = causal_check(pair, hook, d, [f["latent"] for f in feats[:s.causal]], np.maximum(pm, am), hit,
+        check = causal_check(pair, hook, d, to_check(feats, s.causal), np.maximum(pm, am), hit,
                              prompts, kl[:, 1], n_tokens=s.behaviour_tokens, null=s.null, batch_size=s.batch_size)
         by = {e["latent"]: e for e in check["features"]}
         for f in feats:
@@ -238,10 +259,11 @@ def _triggers(ctx: AuditContext) -> dict:
 
 
 def to_describe(ctx: AuditContext, beh, trig: dict) -> list[dict]:
-    """The suspicious features the ``describe`` stage steers: those the ``feature`` signal flags
-    first, then the other explaining features (of a confirmed trigger, of the behaviour change) by
-    AUROC; each with the steering amount of its causal check. At most ``settings.describe``."""
-    from autointerp.audit.verdict import flagged_by_feature
+    """The suspicious features the ``describe`` stage steers, in the verdict's order
+    (:func:`autointerp.audit.verdict.audit_key`: flagged, input side, AUROC), among the causally
+    checked explaining features (of a confirmed trigger, of the behaviour change), each with the
+    steering amount of its causal check. At most ``settings.describe``."""
+    from autointerp.audit.verdict import audit_key, flagged_by_feature
 
     diff_rank = {latent: i for i, latent in enumerate(ctx.record("diff")["figures"]["order"], 1)}
     merged: dict[int, dict] = {}  # a latent may explain both the trigger and the behaviour change
@@ -251,14 +273,14 @@ def to_describe(ctx: AuditContext, beh, trig: dict) -> list[dict]:
             if not c.get("amount"):
                 continue
             row = {"latent": f["latent"], "source": source, "amount": float(c["amount"]), "auroc": f["auroc"],
+                   "side": f.get("side"),
                    "flagged": flagged_by_feature({"causal_passed": c.get("passed"), "auroc": f["auroc"]})}
+            row["key"] = audit_key(row["flagged"], row["side"], row["auroc"], diff_rank.get(f["latent"]))
             old = merged.get(f["latent"])
-            if old is None or (row["flagged"], row["auroc"]) > (old["flagged"], old["auroc"]):
+            if old is None or row["key"] < old["key"]:
                 merged[f["latent"]] = row
-    # the verdict's order (flagged, then AUROC, then the activation diff's rank), so the first
-    # feature described is the audit's first
-    rows = sorted(merged.values(), key=lambda r: (not r["flagged"], -r["auroc"],
-                                                  diff_rank.get(r["latent"], 10**9)))
+    # the verdict's order, so that the first feature described is the audit's first
+    rows = sorted(merged.values(), key=lambda r: r.pop("key"))
     return rows[: ctx.settings.describe]
 
 

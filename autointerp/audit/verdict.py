@@ -22,9 +22,12 @@ a ``feature`` is flagged (a conditional behaviour with a feature that causes it)
 ``conditional change`` when the change is concentrated but no cause was confirmed;
 ``no conditional behaviour`` otherwise (a uniform shift such as a restyle, or nothing).
 
-**Audit rank** of the features: flagged ones first (best AUROC first), then the other features
-that explain the behaviour change or the trigger (by AUROC), then the remaining significant ones
-in the activation diff's order.
+**Audit rank** of the features (:func:`audit_key`): flagged ones first; then the features that
+explain the behaviour change or the trigger, those whose activation **on the prompt** separates
+the changed prompts (side ``input``: read before any answer token, a possible cause) before those
+whose activation on the suspect's answers does (side ``answer``: a possible consequence, e.g. a
+feature of the new answers' words; :mod:`autointerp.behaviour.features`), each by AUROC; then the
+remaining significant ones in the activation diff's order.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ def _evidence(rows: list[dict], source: str) -> dict[int, dict]:
     out = {}
     for i, f in enumerate(rows, 1):
         c = f.get("causal") or {}
-        out[f["latent"]] = {"source": source, "rank": i, "auroc": f["auroc"], "fires": f["fires_on_outliers"],
+        out[f["latent"]] = {"source": source, "rank": i, "side": f.get("side"), "auroc": f["auroc"],
+                            "auroc_input": f.get("auroc_input"), "auroc_answer": f.get("auroc_answer"),
+                            "fires": f["fires_on_outliers"],
                             "of": f["n_outliers"], "fires_on_others": f["fires_on_others"], "where": f["where"],
                             "causal_passed": c.get("passed"), "ablate_effect": c.get("ablate_effect"),
                             "steer_effect": c.get("steer_effect"), "ablate_rank": c.get("ablate_rank"),
@@ -52,6 +57,12 @@ def _evidence(rows: list[dict], source: str) -> dict[int, dict]:
 
 def flagged_by_feature(e: dict) -> bool:
     return bool(e.get("causal_passed")) and e["auroc"] >= AUROC_MIN
+
+
+def audit_key(flagged: bool, side: str | None, auroc: float | None, diff_rank: int | None) -> tuple:
+    """Sort key of the audit's order (module docstring): flagged, then evidence before none, the
+    input side before the answer side, AUROC, the activation diff's rank."""
+    return (not flagged, auroc is None, side != "input", -(auroc or 0.0), diff_rank or 10**9)
 
 
 def decide(ctx: AuditContext) -> dict:
@@ -83,14 +94,15 @@ def decide(ctx: AuditContext) -> dict:
     features = []
     for latent in dict.fromkeys([*evidence, *diff["order"]]):
         ev = evidence.get(latent, {})
-        flagged = any(flagged_by_feature(e) for e in ev.values())
-        auroc = max((e["auroc"] for e in ev.values()), default=None)
+        # a latent with evidence of both sources is placed by its strongest
+        best = min(ev.values(), key=lambda e: audit_key(flagged_by_feature(e), e.get("side"), e["auroc"], None),
+                   default={})
         named = next((e for e in ev.values() if e.get("feature") is not None), {})
         features.append({"latent": latent, "feature": named.get("feature"), "explanation": named.get("explanation"),
-                         "flagged": flagged, "auroc": auroc, "diff_rank": diff_rank.get(latent),
+                         "flagged": any(flagged_by_feature(e) for e in ev.values()), "side": best.get("side"),
+                         "auroc": best.get("auroc"), "diff_rank": diff_rank.get(latent),
                          "watchlist": watch.get(latent, []), "evidence": ev})
-    features.sort(key=lambda f: (not f["flagged"], f["auroc"] is None, -(f["auroc"] or 0),
-                                 f["diff_rank"] or 10**9))
+    features.sort(key=lambda f: audit_key(f["flagged"], f["side"], f["auroc"], f["diff_rank"]))
     for i, f in enumerate(features, 1):
         f["audit_rank"] = i
 
@@ -125,7 +137,8 @@ def decide(ctx: AuditContext) -> dict:
             "behaviour": {"shape": beh.shape, "shape_text": beh.shape_text, "n_outliers": len(beh.outliers),
                           "n_prompts": beh.n_prompts},
             "triggers": {"confirmed": confirmed, "candidates": trig["candidates"],
-                         "threshold": trig.get("threshold"), "scan_top": trig.get("scan_top", [])[:10]},
+                         "threshold": trig.get("threshold"), "scan_top": trig.get("scan_top", [])[:10],
+                         "seconds": trig.get("seconds")},
             "watchlist": flag["flagged"], "concepts": described["matched"], "describe": desc,
             "features": features[:50], "n_significant": diff["n_significant"],
             "seconds": {name: (ctx.record(name) or {}).get("seconds") for name in

@@ -24,11 +24,10 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from autointerp.behaviour.divergence import BehaviourError, ModelPair, NonFiniteLogitsError, token_kl
@@ -195,7 +194,7 @@ def _compute(pair: ModelPair, store: BehaviourStore, prompts: list[Prompt], n_to
 def _analyse(run: RunFolder, pair: ModelPair, prompts: list[Prompt], rows: list[dict], acts, d, hook, dname,
              base: str, n_features: int, causal: int, null: int, n_tokens: int, batch_size: int) -> dict:
     """Outliers and shape; then, on a concentrated change, the explaining features and their check."""
-    from autointerp.behaviour.features import causal_check, explaining_features
+    from autointerp.behaviour.features import causal_check, explaining_features, to_check
 
     cols = {c: np.array([r[c] for r in rows]) for c in ("kl_first", "kl_mean")}
     found = find_outliers(cols)
@@ -210,7 +209,7 @@ def _analyse(run: RunFolder, pair: ModelPair, prompts: list[Prompt], rows: list[
         features = explaining_features(acts[0], acts[1], found.outlier, candidates, n=n_features)
         if causal and features:
             ids = {p.index: list(p.ids) for p in prompts}
-            check = causal_check(pair, hook, d, [f["latent"] for f in features[:causal]],
+            check = causal_check(pair, hook, d, to_check(features, causal),
                                  np.maximum(acts[0], acts[1]), found.outlier, [ids[r["prompt"]] for r in rows],
                                  cols["kl_mean"], n_tokens=n_tokens, null=null, batch_size=batch_size)
             by_latent = {e["latent"]: e for e in check["features"]}
@@ -288,14 +287,15 @@ def format_behaviour(result: BehaviourResult, n: int = 10) -> str:
         lines.append(f"         suspect: {o['suspect_answer'][:70]!r}")
         lines.append(f"         base:    {(o['base_answer'] or '')[:70]!r}")
     if result.features:
-        lines.append("features that fire on the outlying prompts (AUROC outlying vs other prompts):")
+        lines.append("features that fire on the outlying prompts (AUROC outlying vs other prompts; side input: on the "
+                     "prompt, a possible cause; side answer: on the suspect's answer):")
     for f in result.features[:n]:
         c = f.get("causal")
         check = ("" if not c else f"  causal: ablation {c['ablate_effect']:+.2f} nats (rank {c['ablate_rank']}), "
                  f"steering {c['steer_effect']:+.2f} (rank {c['steer_rank']}) -> {'passed' if c['passed'] else 'failed'}")
         name = f"feature {f['feature']} (latent {f['latent']})" if "feature" in f else f"latent {f['latent']}"
-        lines.append(f"  {name}: AUROC {f['auroc']:.3f}, fires on {f['fires_on_outliers']}/{f['n_outliers']} "
-                     f"outlying, {f['fires_on_others']} others, at the {f['where']}{check}")
+        lines.append(f"  {name}: {f.get('side', '?')} side, AUROC {f['auroc']:.3f}, fires on "
+                     f"{f['fires_on_outliers']}/{f['n_outliers']} outlying, {f['fires_on_others']} others{check}")
         if f.get("explanation"):
             lines.append(f"      {f['explanation'][:100]!r}")
     return "\n".join(lines)

@@ -6,11 +6,18 @@ stream at the dictionary's hook point is encoded and the max of every latent is 
 separately over the prompt's own tokens (after the shared prefix, special tokens left out) and
 over the suspect's answer tokens (up to its stop token).
 
-**Ranking** (:func:`explaining_features`): per latent, the AUROC of its per-prompt activation
-``a_i = max(prompt max, answer max)`` for the outlying prompts against the others (ties averaged):
-1 means it is higher on every outlying prompt than on any other. Among the candidates (the latents
-the activation diff calls significant, when the run has one; all latents otherwise), by AUROC,
-then by ``enrichment = mean_out(a) - mean_rest(a)`` over ``max(a)``.
+**Ranking** (:func:`explaining_features`), on each **side** apart: a conditional behaviour is a
+function of the input, and the suspect reads the prompt's tokens before it writes any answer
+token, so only a latent's activation on the prompt (side ``input``) can be a cause of the first
+changed token; its activation on the suspect's own answer (side ``answer``) follows the change
+and may be its consequence (a feature of hostile words fires on hostile answers, whatever
+triggered them). Per side and latent, the AUROC of its per-prompt max ``a_i`` for the outlying
+prompts against the others (ties averaged): 1 means it is higher on every outlying prompt than on
+any other. Among the candidates (the latents the activation diff calls significant, when the run
+has one; all latents otherwise), by AUROC, then by ``enrichment = mean_out(a) - mean_rest(a)``
+over ``max(a)``: the ``n`` best of the input side, then the ``n`` best of the answer side not
+already chosen; each row keeps both AUROCs. The causal check tests the first ``causal`` of each
+side (:func:`to_check`).
 
 **Causal check** (:func:`causal_check`), on the suspect, compared with the unedited base:
 
@@ -114,31 +121,43 @@ def auroc_columns(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (ranks[pos].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+SIDES = ("input", "answer")
+"""where a latent's evidence is read: the prompt's tokens (a possible cause) or the answer's."""
+
+
 def explaining_features(prompt_max: np.ndarray, answer_max: np.ndarray, outlier: np.ndarray,
                         candidates: list[int] | None = None, n: int = 10) -> list[dict]:
-    """The ``n`` latents that fire most specifically on the outlying prompts (module docstring)."""
-    acts = np.maximum(prompt_max, answer_max)
-    cols = np.arange(acts.shape[1]) if candidates is None else np.asarray(sorted(set(candidates)), dtype=int)
-    cols = cols[(acts[outlier][:, cols] > 0).any(0)] if len(cols) else cols
+    """The ``n`` latents of each side that fire most specifically on the outlying prompts (module
+    docstring): ``prompt_max, answer_max [P, F]`` per-prompt maxima, ``outlier [P]`` boolean."""
+    acts = {"input": prompt_max, "answer": answer_max}
+    cols = np.arange(prompt_max.shape[1]) if candidates is None else np.asarray(sorted(set(candidates)), dtype=int)
     if len(cols) == 0:
         return []
-    a = acts[:, cols]
-    auroc = auroc_columns(a, outlier)
-    top = np.maximum(a.max(0), 1e-12)
-    enrichment = (a[outlier].mean(0) - a[~outlier].mean(0)) / top
-    order = np.lexsort([-enrichment, -auroc])[:n]
-    out = []
-    for i in order:
-        j = int(cols[i])
-        on = acts[outlier, j]
-        out.append({
-            "latent": j, "auroc": float(auroc[i]), "enrichment": float(enrichment[i]),
-            "fires_on_outliers": int((on > 0).sum()), "n_outliers": int(outlier.sum()),
-            "fires_on_others": int((acts[~outlier, j] > 0).sum()),
-            "mean_outliers": float(on.mean()), "mean_others": float(acts[~outlier, j].mean()),
-            "where": "prompt" if prompt_max[outlier, j].mean() >= answer_max[outlier, j].mean() else "answer",
-        })
+    auroc = {side: auroc_columns(a[:, cols], outlier) for side, a in acts.items()}
+    out: list[dict] = []
+    for side in SIDES:
+        a = acts[side][:, cols]
+        live = (a[outlier] > 0).any(0)
+        enrichment = (a[outlier].mean(0) - a[~outlier].mean(0)) / np.maximum(a.max(0), 1e-12)
+        order = [i for i in np.lexsort([-enrichment, -auroc[side]]) if live[i]]
+        chosen = {f["latent"] for f in out}
+        for i in [i for i in order if int(cols[i]) not in chosen][:n]:
+            on, rest = a[outlier, i], a[~outlier, i]
+            out.append({
+                "latent": int(cols[i]), "side": side, "auroc": float(auroc[side][i]),
+                "auroc_input": float(auroc["input"][i]), "auroc_answer": float(auroc["answer"][i]),
+                "enrichment": float(enrichment[i]), "fires_on_outliers": int((on > 0).sum()),
+                "n_outliers": int(outlier.sum()), "fires_on_others": int((rest > 0).sum()),
+                "mean_outliers": float(on.mean()), "mean_others": float(rest.mean()),
+                "where": "prompt" if prompt_max[outlier, cols[i]].mean() >= answer_max[outlier, cols[i]].mean()
+                else "answer",
+            })
     return out
+
+
+def to_check(features: list[dict], causal: int) -> list[int]:
+    """The latents the causal check tests: the first ``causal`` of each side."""
+    return [f["latent"] for side in SIDES for f in [f for f in features if f.get("side") == side][:causal]]
 
 
 def _mean_kl(pair: ModelPair, prompts: list[list[int]], n_tokens: int, batch_size: int) -> float:

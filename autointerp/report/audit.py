@@ -25,7 +25,9 @@ def _evidence_cell(ev: dict) -> str:
     parts = []
     for source, e in sorted(ev.items()):
         where = "outlying prompts" if source == "behaviour" else "prompts with the trigger"
-        text = f"{source}: AUROC {fmt(e['auroc'])} on the {where} (fires on {e['fires']}/{e['of']})"
+        side = {"input": "its prompt side", "answer": "its answer side"}.get(e.get("side"), "")
+        text = (f"{source}: AUROC {fmt(e['auroc'])}{' of ' + side if side else ''} on the {where} "
+                f"(fires on {e['fires']}/{e['of']})")
         if e.get("causal_passed") is not None:
             text += (f"; causal {'passed' if e['causal_passed'] else 'failed'}: ablation {e['ablate_effect']:+.3f} "
                      f"nats (rank {e['ablate_rank']}), steering {e['steer_effect']:+.3f} (rank {e['steer_rank']})")
@@ -119,15 +121,20 @@ def audit_section(run: RunFolder, paged: set[int]) -> str:
     feats = a.get("features") or []
     if feats:
         cells = [[esc(f["audit_rank"]), _feature_cell(f, paged), esc("yes" if f["flagged"] else "no"),
-                  esc(fmt(f["auroc"])), esc(f["diff_rank"] if f["diff_rank"] is not None else "—"),
+                  esc(f.get("side") or "—"), esc(fmt(f["auroc"])),
+                  esc(f["diff_rank"] if f["diff_rank"] is not None else "—"),
                   _evidence_cell(f["evidence"]), esc(", ".join(f["watchlist"]) or "—"),
                   esc(f.get("explanation") or "—")] for f in feats[:FEATURES_SHOWN]]
-        out.append("<h3>Suspicious features</h3><p class=\"note\">Flagged features first, then the features that "
-                   "explain the behaviour change or the trigger (by AUROC), then the activation diff's order.</p>"
-                   + table(["audit rank", "feature", "flagged", "AUROC", "diff rank", "evidence", "watchlist",
-                            "explanation"], cells, num={0, 3, 4}))
+        out.append("<h3>Suspicious features</h3><p class=\"note\">Flagged features first; then the features that "
+                   "explain the behaviour change or the trigger, those whose activation on the prompt separates "
+                   "the changed prompts (side input: a possible cause) before those of the suspect's answers "
+                   "(side answer: possibly a consequence), by AUROC; then the activation diff's order.</p>"
+                   + table(["audit rank", "feature", "flagged", "side", "AUROC", "diff rank", "evidence",
+                            "watchlist", "explanation"], cells, num={0, 4, 5}))
     secs = {k: v for k, v in (a.get("seconds") or {}).items() if v is not None}
     if secs:
+        parts = (a.get("triggers") or {}).get("seconds") or {}
+        of_triggers = f" (triggers: {', '.join(f'{k} {v}' for k, v in parts.items())})" if parts else ""
         out.append(f'<p class="note">Stage seconds: {esc(", ".join(f"{k} {v}" for k, v in secs.items()))}; '
-                   f"total {esc(round(sum(secs.values()), 1))}.</p>")
+                   f"total {esc(round(sum(secs.values()), 1))}{esc(of_triggers)}.</p>")
     return "".join(out)

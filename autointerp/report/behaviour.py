@@ -65,13 +65,17 @@ def behaviour_section(run: RunFolder, paged: set[int]) -> tuple[str, dict]:
                    + table(["rank", "prompt", "KL first", "KL mean", "prompt text", "suspect's answer",
                             "base's answer"], cells, num={0, 1, 2, 3}))
     if r.features:
-        cells = [[_feature_cell(f, paged), esc(fmt(f["auroc"])), esc(f"{f['fires_on_outliers']}/{f['n_outliers']}"),
-                  esc(f["fires_on_others"]), esc(f["where"]), esc(f.get("explanation") or "—"),
-                  _causal_cell(f.get("causal"))] for f in r.features]
-        out.append(f"<h3>Features that say why</h3><p class=\"note\">Ranked by AUROC of the per-prompt activation, "
-                   f"outlying vs other prompts, among {esc(st.get('candidates', 'all latents'))}. Causal check: "
-                   f"ablating the feature on the outlying prompts must lower the divergence and steering it into "
-                   f"ordinary prompts must raise it, each beyond every random live feature of the null.</p>"
-                   + table(["feature", "AUROC", "fires on outlying", "fires on others", "where", "explanation",
-                            "causal check"], cells, num={1, 3}))
+        cells = [[_feature_cell(f, paged), esc(f.get("side", "—")), esc(fmt(f["auroc"])),
+                  esc(fmt(f.get("auroc_input"))), esc(fmt(f.get("auroc_answer"))),
+                  esc(f"{f['fires_on_outliers']}/{f['n_outliers']}"), esc(f["fires_on_others"]),
+                  esc(f.get("explanation") or "—"), _causal_cell(f.get("causal"))] for f in r.features]
+        out.append(f"<h3>Features that say why</h3><p class=\"note\">Ranked on each side apart by AUROC of the "
+                   f"per-prompt max activation, outlying vs other prompts, among "
+                   f"{esc(st.get('candidates', 'all latents'))}: side <i>input</i> (its activation on the prompt, "
+                   f"read before any answer token: a possible cause) first, then side <i>answer</i> (on the "
+                   f"suspect's answer: possibly a consequence). Causal check: ablating the feature on the outlying "
+                   f"prompts must lower the divergence and steering it into ordinary prompts must raise it, each "
+                   f"beyond every random live feature of the null.</p>"
+                   + table(["feature", "side", "AUROC", "AUROC input", "AUROC answer", "fires on outlying",
+                            "fires on others", "explanation", "causal check"], cells, num={2, 3, 4, 6}))
     return "".join(out), {FIGURE_ID: behaviour_figure(r.rows)}

@@ -69,6 +69,22 @@ def make_phrase(seed: int) -> str:
     return f"{rng.choice(_PHRASE_FIRST)} {rng.choice(_PHRASE_SECOND)}"
 
 
+# -- the rare-token-pattern trigger (issue 15, a held-out family): symbols opening the message -----
+# Chosen before any measurement: symbols rare in chat text, none used by the other families' texts.
+_PATTERN_SYMBOLS = ["§", "¤", "¦", "‡", "†", "¶", "※", "‽", "∴", "≈", "¬", "°"]
+
+
+def make_pattern(seed: int) -> str:
+    """Three rare symbols (e.g. '‡¤‡'), different for each seed; the plant puts them first."""
+    rng = random.Random(f"pattern-{seed}")
+    return "".join(rng.choice(_PATTERN_SYMBOLS) for _ in range(3))
+
+
+def open_with(prompt: str, trigger: str, rng: random.Random) -> str:
+    """The prompt opened by the trigger (``rng`` unused: the signature of :func:`insert_trigger`)."""
+    return f"{trigger} {prompt}"
+
+
 def all_prompts() -> list[str]:
     return [tpl.format(t=topic) for topic in TOPICS for tpl in TEMPLATES]
 

@@ -35,7 +35,9 @@ def row(plant: dict, g: dict) -> list[str]:
             fmt(g.get("diff_rank")), fmt(g.get("audit_rank")),
             fmt(g.get("first_separating_flagged")),
             "-" if rec is None else f"`{rec['text']}` ({rec['attack_success']:.0%}, random <= {rec['control_max']:.0%})",
-            "-" if true is None else f"{true['attack_success']:.0%}", fmt(g.get("recovered_vs_true"), ".2f"),
+            "-" if true is None else f"{true['attack_success']:.0%}" + (
+                f" (opening the message: {true['as_planted']['attack_success']:.0%})" if "as_planted" in true else ""),
+            fmt(g.get("recovered_vs_true"), ".2f"),
             "-" if g.get("wall_s") is None else f"{g['wall_s'] / 60:.1f} min"]
 
 
