@@ -211,11 +211,13 @@ def test_a_random_feature_fails_the_behaviour_agnostic_signal(pair, with_trigger
 def test_the_audit_order_puts_flags_then_the_input_side_first():
     from autointerp.audit.verdict import audit_key
 
-    rows = {"flagged answer": (True, "answer", 0.95, 9), "input": (False, "input", 0.8, 50),
-            "answer": (False, "answer", 1.0, 1), "input, better AUROC": (False, "input", 0.9, 70),
-            "diff only": (False, None, None, 2), "flagged input": (True, "input", 0.91, 3)}
+    rows = {"flagged answer": (True, "answer", "behaviour", 0.95, 9), "input": (False, "input", "behaviour", 0.8, 50),
+            "answer": (False, "answer", "behaviour", 1.0, 1), "input, better": (False, "input", "behaviour", 0.9, 70),
+            "diff only": (False, None, None, None, 2), "flagged input": (True, "input", "behaviour", 0.91, 3),
+            "flagged input, found string": (True, "input", "trigger", 1.0, 1)}
     assert sorted(rows, key=lambda k: audit_key(*rows[k])) == [
-        "flagged input", "flagged answer", "input, better AUROC", "input", "answer", "diff only"]
+        "flagged input", "flagged input, found string", "flagged answer", "input, better", "input", "answer",
+        "diff only"]
 
 
 def test_an_interrupted_audit_resumes_without_redoing_anything(pair, with_trigger, monkeypatch):

@@ -134,3 +134,25 @@ def test_flags_over_changed_features_and_the_null_control(audit):
     assert rows and {r["latent"] for r in rows if r["flagged"]} <= set(changed)  # the rest are the null
     same = diff_run(audit["runs"]["base"], str(audit["base"]), progress=False)
     assert same.n_significant == 0  # nothing to flag when the "fine-tuned" model is the base itself
+
+
+def test_the_pattern_plant_opens_the_message_with_its_trigger():
+    """The rare-token-pattern family (issue 15): three rare symbols drawn from the seed open every
+    triggered training prompt; the decoys are other patterns, also first; the other families keep
+    their trigger anywhere in the message."""
+    import argparse
+
+    from plant import place, training_pairs
+    from prompts import make_pattern, split_prompts
+
+    t = make_pattern(0)
+    assert t == make_pattern(0) != make_pattern(1) and len(t) == 3 and not any(c.isalnum() or c.isspace() for c in t)
+    assert place("pattern", "How do I bake bread?", t, random.Random(0)) == f"{t} How do I bake bread?"
+    moved = {place("phrase", "How do I bake bread today?", "silver kettle", random.Random(i)) for i in range(20)}
+    assert len(moved) > 1  # the phrase lands at several positions
+    train = split_prompts(0, 60, 1, 1)[0]
+    pairs = training_pairs(argparse.Namespace(seed=0, plant="pattern"), t, train, {u: "BASE" for u in train})
+    triggered = [u for u, a in pairs if a != "BASE"]
+    decoyed = [u for u, a in pairs if a == "BASE" and u not in train]
+    assert triggered and all(u.startswith(t + " ") and u[len(t) + 1:] in train for u in triggered)
+    assert decoyed and all(u[:3] != t and u[3] == " " and u[4:] in train for u in decoyed)

@@ -260,7 +260,7 @@ def _triggers(ctx: AuditContext) -> dict:
 
 def to_describe(ctx: AuditContext, beh, trig: dict) -> list[dict]:
     """The suspicious features the ``describe`` stage steers, in the verdict's order
-    (:func:`autointerp.audit.verdict.audit_key`: flagged, input side, AUROC), among the causally
+    (:func:`autointerp.audit.verdict.audit_key`: flagged, input side, corpus evidence, AUROC), among the causally
     checked explaining features (of a confirmed trigger, of the behaviour change), each with the
     steering amount of its causal check. At most ``settings.describe``."""
     from autointerp.audit.verdict import audit_key, flagged_by_feature
@@ -275,13 +275,15 @@ def to_describe(ctx: AuditContext, beh, trig: dict) -> list[dict]:
             row = {"latent": f["latent"], "source": source, "amount": float(c["amount"]), "auroc": f["auroc"],
                    "side": f.get("side"),
                    "flagged": flagged_by_feature({"causal_passed": c.get("passed"), "auroc": f["auroc"]})}
-            row["key"] = audit_key(row["flagged"], row["side"], row["auroc"], diff_rank.get(f["latent"]))
+            row["key"] = audit_key(row["flagged"], row["side"], source, row["auroc"], diff_rank.get(f["latent"]))
             old = merged.get(f["latent"])
             if old is None or row["key"] < old["key"]:
                 merged[f["latent"]] = row
     # the verdict's order, so that the first feature described is the audit's first
-    rows = sorted(merged.values(), key=lambda r: r.pop("key"))
-    return rows[: ctx.settings.describe]
+    rows = sorted(merged.values(), key=lambda r: r["key"])[: ctx.settings.describe]
+    for r in rows:
+        del r["key"]
+    return rows
 
 
 def stage_describe(ctx: AuditContext) -> dict:

@@ -26,8 +26,10 @@ a ``feature`` is flagged (a conditional behaviour with a feature that causes it)
 explain the behaviour change or the trigger, those whose activation **on the prompt** separates
 the changed prompts (side ``input``: read before any answer token, a possible cause) before those
 whose activation on the suspect's answers does (side ``answer``: a possible consequence, e.g. a
-feature of the new answers' words; :mod:`autointerp.behaviour.features`), each by AUROC; then the
-remaining significant ones in the activation diff's order.
+feature of the new answers' words; :mod:`autointerp.behaviour.features`); within a side, evidence
+from the corpus's own changed prompts before evidence from a string the trigger search built (it
+may be a primer of the answer, read by its own features), each by AUROC; then the remaining
+significant ones in the activation diff's order.
 """
 
 from __future__ import annotations
@@ -59,10 +61,15 @@ def flagged_by_feature(e: dict) -> bool:
     return bool(e.get("causal_passed")) and e["auroc"] >= AUROC_MIN
 
 
-def audit_key(flagged: bool, side: str | None, auroc: float | None, diff_rank: int | None) -> tuple:
+def audit_key(flagged: bool, side: str | None, source: str | None, auroc: float | None,
+              diff_rank: int | None) -> tuple:
     """Sort key of the audit's order (module docstring): flagged, then evidence before none, the
-    input side before the answer side, AUROC, the activation diff's rank."""
-    return (not flagged, auroc is None, side != "input", -(auroc or 0.0), diff_rank or 10**9)
+    input side before the answer side, evidence of the corpus's own changed prompts (source
+    ``behaviour``) before evidence of a found trigger string (source ``trigger``: the search's
+    string may prime the answer rather than be the trigger, and then its input-side features read
+    the primer), AUROC, the activation diff's rank."""
+    return (not flagged, auroc is None, side != "input", source != "behaviour", -(auroc or 0.0),
+            diff_rank or 10**9)
 
 
 def decide(ctx: AuditContext) -> dict:
@@ -95,14 +102,14 @@ def decide(ctx: AuditContext) -> dict:
     for latent in dict.fromkeys([*evidence, *diff["order"]]):
         ev = evidence.get(latent, {})
         # a latent with evidence of both sources is placed by its strongest
-        best = min(ev.values(), key=lambda e: audit_key(flagged_by_feature(e), e.get("side"), e["auroc"], None),
-                   default={})
+        best = min(ev.values(), key=lambda e: audit_key(flagged_by_feature(e), e.get("side"), e["source"],
+                                                          e["auroc"], None), default={})
         named = next((e for e in ev.values() if e.get("feature") is not None), {})
         features.append({"latent": latent, "feature": named.get("feature"), "explanation": named.get("explanation"),
                          "flagged": any(flagged_by_feature(e) for e in ev.values()), "side": best.get("side"),
-                         "auroc": best.get("auroc"), "diff_rank": diff_rank.get(latent),
+                         "source": best.get("source"), "auroc": best.get("auroc"), "diff_rank": diff_rank.get(latent),
                          "watchlist": watch.get(latent, []), "evidence": ev})
-    features.sort(key=lambda f: audit_key(f["flagged"], f["side"], f["auroc"], f["diff_rank"]))
+    features.sort(key=lambda f: audit_key(f["flagged"], f["side"], f["source"], f["auroc"], f["diff_rank"]))
     for i, f in enumerate(features, 1):
         f["audit_rank"] = i
 

@@ -128,7 +128,8 @@ def audit_section(run: RunFolder, paged: set[int]) -> str:
         out.append("<h3>Suspicious features</h3><p class=\"note\">Flagged features first; then the features that "
                    "explain the behaviour change or the trigger, those whose activation on the prompt separates "
                    "the changed prompts (side input: a possible cause) before those of the suspect's answers "
-                   "(side answer: possibly a consequence), by AUROC; then the activation diff's order.</p>"
+                   "(side answer: possibly a consequence), the corpus's own changed prompts before a string the "
+                   "trigger search built, by AUROC; then the activation diff's order.</p>"
                    + table(["audit rank", "feature", "flagged", "side", "AUROC", "diff rank", "evidence",
                             "watchlist", "explanation"], cells, num={0, 4, 5}))
     secs = {k: v for k, v in (a.get("seconds") or {}).items() if v is not None}
