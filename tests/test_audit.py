@@ -159,7 +159,9 @@ def test_trigger_absent_from_the_corpus_is_recovered_from_the_models(pair, witho
     assert true["attack_success"] >= 0.8
     assert best["attack_success"] >= 0.8 * true["attack_success"], (best, true["attack_success"])
     # the stage times its parts, and the report shows them
-    assert list(trig["seconds"]) == ["scan", "search", "gradient_search", "confirm", "features"]
+    assert list(trig["seconds"]) == ["scan", "grow", "search", "gradient_search", "confirm", "features"]
+    # the weight scan's best token was grown, and what it screened is recorded
+    assert trig["grow"][0]["ids"].count(trig["weight_top"][0]["id"]) == 1 and trig["grow"][0]["steps"] >= 1
     assert all(v >= 0 for v in trig["seconds"].values()) and r["triggers"]["seconds"] == trig["seconds"]
     assert "(triggers: scan " in (pair["root"] / "a-without" / "report.html").read_text()
 
@@ -321,3 +323,76 @@ def test_gradient_search_stops_after_patience_steps_without_a_gain(pair):
     out = gradient_search(same, users, user_ids(tok, " alpha beta"), steps=12, patience=3, candidates=4,
                           progress=False)
     assert len(out["history"]) == 1 + 3 and max(out["history"]) < 1e-6
+
+
+def _pairs(pair):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autointerp.behaviour.divergence import ModelPair
+
+    load = lambda name: AutoModelForCausalLM.from_pretrained(pair["root"] / name, dtype=torch.float32)  # noqa: E731
+    tok = AutoTokenizer.from_pretrained(pair["root"] / "base")
+    return ModelPair(load("suspect"), load("base"), tok), ModelPair(load("base"), load("base"), tok)
+
+
+def test_weight_scan_is_the_first_mlp_s_input_change_read_on_each_token(pair):
+    """Exact maths on a hand-made change (a rank-one update of the base's first gate projection),
+    and the base against itself scans 0."""
+    from autointerp.audit.triggers import candidate_vocab, weight_scan
+
+    _, same = _pairs(pair)
+    vocab = candidate_vocab(same.tokenizer)
+    assert np.nanmax(weight_scan(same)) == 0.0
+    special = np.setdiff1d(np.arange(len(same.tokenizer)), vocab)
+    assert np.isnan(weight_scan(same)[special]).all()
+    layer = same.suspect.model.layers[0]
+    E = same.base.get_input_embeddings().weight.detach()
+    with torch.no_grad():
+        x = layer.post_attention_layernorm(E).numpy().astype(np.float64)  # [V, d] every token as the MLP reads it
+        Wg, Wu = layer.mlp.gate_proj.weight.numpy().astype(np.float64), layer.mlp.up_proj.weight.numpy().astype(np.float64)
+        u = np.random.default_rng(0).normal(size=Wg.shape[0])
+        layer.mlp.gate_proj.weight += torch.tensor(np.outer(u, x[pair["tid"]]) * 0.01, dtype=torch.float32)
+    expected = np.abs(0.01 * (x @ x[pair["tid"]])) * np.linalg.norm(u) / np.sqrt(((x @ Wg.T) ** 2).sum(1) + ((x @ Wu.T) ** 2).sum(1))
+    got = weight_scan(same)
+    np.testing.assert_allclose(got[vocab], expected[vocab], rtol=2e-3, atol=1e-7)
+    # (on the tiny plant the planted token is not first: a random 2-layer model trained at a learning
+    # rate of 3e-3 moves every weight by about as much as its initial scale, so the change is noise
+    # on every token; on the 135M plants of benchmarks/planted it is first, RESULTS.md)
+
+
+def test_reading_scan_with_a_cached_prefix_equals_the_whole_forward(pair):
+    """The scan runs only ``[t] + after`` on a cached ``carrier + before``: the same figures as
+    running every whole sequence (centred by the vocabulary's median, relative to the base's norm)."""
+    from autointerp.audit.triggers import candidate_vocab, reading_scan, scan_carrier
+
+    planted, _ = _pairs(pair)
+    tok = planted.tokenizer
+    before, after = tok(" alpha", add_special_tokens=False)["input_ids"], tok(" beta", add_special_tokens=False)["input_ids"]
+    got = reading_scan(planted, 0, before=before, after=after, batch_size=8192, progress=False)
+    vocab = candidate_vocab(tok)
+    ids = torch.tensor([[*scan_carrier(tok), *before, int(t), *after] for t in vocab])
+    with torch.no_grad():  # the decoder alone (no logits over the vocabulary for 49k rows)
+        hs = [torch.cat([m.model(input_ids=b, output_hidden_states=True).hidden_states[1][:, -1].double()
+                         for b in ids.split(4096)]) for m in (planted.suspect, planted.base)]
+    delta = hs[0] - hs[1]
+    want = ((delta - delta.median(0).values).norm(dim=-1) / hs[1].norm(dim=-1)).numpy()
+    np.testing.assert_allclose(got[vocab], want, rtol=1e-3, atol=1e-6)
+    assert np.isnan(np.delete(got, vocab)).all()
+
+
+def test_grow_extends_the_anchor_only_while_the_divergence_grows(pair):
+    from autointerp.audit.triggers import grow, user_ids
+
+    planted, same = _pairs(pair)
+    tok = planted.tokenizer
+    users = [user_ids(tok, t) for t in ("alpha beta delta import", "return class def", "print self value index")]
+    alpha = tok(" alpha", add_special_tokens=False)["input_ids"][0]
+    # nothing diverges: one step, both sides screened (top each), no gain, the anchor alone stays
+    g = grow(same, alpha, users, layer=0, max_len=3, top=3, progress=False)
+    assert g["ids"] == [alpha] and g["steps"] == 1 and len(g["screened"]) == 1 + 2 * 3 and g["screen_kl"] < 1e-6
+    assert {len(c["ids"]) for c in g["screened"][1:]} == {2}
+    # the planted token grows only while the answer diverges more, and keeps its place in the sequence
+    g = grow(planted, pair["tid"], users, layer=0, max_len=3, top=3, progress=False)
+    alone = g["screened"][0]["screen_kl"]
+    assert pair["tid"] in g["ids"] and g["screen_kl"] >= alone > 0.1
+    assert g["screen_kl"] == max(c["screen_kl"] for c in g["screened"] if len(c["ids"]) <= len(g["ids"]))

@@ -67,6 +67,10 @@ class AuditSettings:
     null: int = 8
     triggers: bool = True
     scan_layer: int | None = None
+    grow_anchors: int = 1
+    """best tokens of the weight scan each grown into a trigger candidate (0: no growth search)."""
+    grow_top: int = 8
+    """neighbours on each side screened at every growth step."""
     pool: int = 16
     beam: int = 4
     max_len: int = 3

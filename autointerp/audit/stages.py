@@ -112,7 +112,7 @@ def _user_messages(ctx: AuditContext, exclude: set[int]) -> list[tuple[int, list
 def stage_triggers(ctx: AuditContext) -> dict:
     """Trigger discovery on prompts the behaviour diff found ordinary (no corpus text is trusted to
     hold the trigger), then the features that fire on a confirmed trigger and their causal check."""
-    from autointerp.audit.triggers import confirm, gradient_search, search, token_scan
+    from autointerp.audit.triggers import _top, confirm, gradient_search, grow, search, token_scan
     from autointerp.behaviour import load_behaviour
 
     s = ctx.settings
@@ -131,9 +131,19 @@ def stage_triggers(ctx: AuditContext) -> dict:
     clock = _Clock()
     scan = token_scan(pair, layer=s.scan_layer, batch_size=512, progress=ctx.progress)
     clock.lap("scan")
-    np.save(ctx.folder / "token_scan.npy", np.stack([scan.score, scan.embed_score]))
+    np.save(ctx.folder / "token_scan.npy", np.stack([scan.score, scan.embed_score, scan.weight_score]))
+    grown = [grow(pair, a, screen, layer=scan.layer, max_len=s.max_len, top=s.grow_top, batch_size=s.batch_size,
+                  progress=ctx.progress) for a in _top(scan.weight_score, s.grow_anchors)]
+    clock.lap("grow")
     found = search(pair, scan, screen, pool=s.pool, beam=s.beam, max_len=s.max_len, batch_size=s.batch_size,
                    progress=ctx.progress)
+    known = {tuple(c["ids"]) for c in found.candidates}
+    for g in grown:
+        for c in g["screened"]:
+            if tuple(c["ids"]) not in known:
+                known.add(tuple(c["ids"]))
+                found.candidates.append(c)
+    found.candidates.sort(key=lambda c: -c["screen_kl"])
     clock.lap("search")
     longest = next((c for c in found.candidates if len(c["ids"]) == s.max_len), found.candidates[0])
     gcg = None
@@ -161,7 +171,10 @@ def stage_triggers(ctx: AuditContext) -> dict:
                                                        "score": float(scan.score[t]),
                                                        "embed_score": float(scan.embed_score[t])}
                                                       for t in scan.pool(s.pool)],
-              "screened": found.screened, "gradient_search": gcg, "screen_baseline_kl": found.baseline_kl,
+              "weight_top": [{"id": t, "token": pair.tokenizer.decode([t]), "weight_score": float(scan.weight_score[t])}
+                             for t in _top(scan.weight_score, s.pool)],
+              "grow": [{k: g[k] for k in ("ids", "text", "screen_kl", "steps")} for g in grown],
+              "screened": found.screened + sum(len(g["screened"]) for g in grown), "gradient_search": gcg, "screen_baseline_kl": found.baseline_kl,
               "screen_top": found.candidates[:10], "threshold": conf.threshold, "clean_success": conf.clean_success,
               "held_out_prompts": [i for i, _ in held], "held_out_texts": [pair.tokenizer.decode(u) for _, u in held],
               "clean_answers": conf.clean_answers, "candidates": conf.candidates, "features": [],
