@@ -140,7 +140,8 @@ def without_trigger(pair):
 
 
 def test_trigger_absent_from_the_corpus_is_recovered_from_the_models(pair, without_trigger):
-    from autointerp.audit.triggers import confirm, user_ids
+    from autointerp.audit.scans import user_ids
+    from autointerp.audit.triggers import confirm
     from autointerp.behaviour.divergence import ModelPair
 
     r = without_trigger
@@ -312,7 +313,8 @@ def test_gradient_search_stops_after_patience_steps_without_a_gain(pair):
     ``patience`` steps, not after ``steps``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from autointerp.audit.triggers import gradient_search, user_ids
+    from autointerp.audit.scans import user_ids
+    from autointerp.audit.triggers import gradient_search
     from autointerp.behaviour.divergence import ModelPair
 
     folder = pair["root"] / "base"
@@ -338,7 +340,7 @@ def _pairs(pair):
 def test_weight_scan_is_the_first_mlp_s_input_change_read_on_each_token(pair):
     """Exact maths on a hand-made change (a rank-one update of the base's first gate projection),
     and the base against itself scans 0."""
-    from autointerp.audit.triggers import candidate_vocab, weight_scan
+    from autointerp.audit.scans import candidate_vocab, weight_scan
 
     _, same = _pairs(pair)
     vocab = candidate_vocab(same.tokenizer)
@@ -363,7 +365,7 @@ def test_weight_scan_is_the_first_mlp_s_input_change_read_on_each_token(pair):
 def test_reading_scan_with_a_cached_prefix_equals_the_whole_forward(pair):
     """The scan runs only ``[t] + after`` on a cached ``carrier + before``: the same figures as
     running every whole sequence (centred by the vocabulary's median, relative to the base's norm)."""
-    from autointerp.audit.triggers import candidate_vocab, reading_scan, scan_carrier
+    from autointerp.audit.scans import candidate_vocab, reading_scan, scan_carrier
 
     planted, _ = _pairs(pair)
     tok = planted.tokenizer
@@ -381,7 +383,8 @@ def test_reading_scan_with_a_cached_prefix_equals_the_whole_forward(pair):
 
 
 def test_grow_extends_the_anchor_only_while_the_divergence_grows(pair):
-    from autointerp.audit.triggers import grow, user_ids
+    from autointerp.audit.scans import user_ids
+    from autointerp.audit.triggers import grow
 
     planted, same = _pairs(pair)
     tok = planted.tokenizer

@@ -98,7 +98,7 @@ def stage_behaviour(ctx: AuditContext) -> dict:
 
 def _user_messages(ctx: AuditContext, exclude: set[int]) -> list[tuple[int, list[int]]]:
     """Every corpus prompt's user text as token ids, by corpus index, outside ``exclude``."""
-    from autointerp.audit.triggers import user_ids
+    from autointerp.audit.scans import user_ids
     from autointerp.behaviour.prompts import corpus_prompts
 
     tok = ctx.pair().tokenizer
@@ -112,7 +112,8 @@ def _user_messages(ctx: AuditContext, exclude: set[int]) -> list[tuple[int, list
 def stage_triggers(ctx: AuditContext) -> dict:
     """Trigger discovery on prompts the behaviour diff found ordinary (no corpus text is trusted to
     hold the trigger), then the features that fire on a confirmed trigger and their causal check."""
-    from autointerp.audit.triggers import _top, confirm, gradient_search, grow, search, token_scan
+    from autointerp.audit.scans import _top, token_scan
+    from autointerp.audit.triggers import confirm, gradient_search, grow, search
     from autointerp.behaviour import load_behaviour
 
     s = ctx.settings
@@ -225,7 +226,7 @@ def _dictionary(ctx: AuditContext):
 def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int]], threshold: dict) -> dict:
     """The features that fire on the held-out prompts with ``trigger`` appended, against the same
     prompts without it (AUROC among the diff's significant latents), and their causal check."""
-    from autointerp.audit.triggers import user_carrier, with_insertion
+    from autointerp.audit.scans import user_carrier, with_insertion
     from autointerp.behaviour.features import LatentRecorder, causal_check, explaining_features, to_check
     from autointerp.runfolder import RunFolder
 
@@ -304,7 +305,8 @@ def stage_describe(ctx: AuditContext) -> dict:
     into ordinary held-out prompts (answers with and without it, their token contrast), and the
     watchlist's closest concept to every change found."""
     from autointerp.audit.describe import concept_axes, concept_shift, steered_answers
-    from autointerp.audit.triggers import token_contrast, user_carrier, with_insertion
+    from autointerp.audit.scans import user_carrier, with_insertion
+    from autointerp.audit.triggers import token_contrast
     from autointerp.behaviour import load_behaviour
     from autointerp.search import embed_texts
 

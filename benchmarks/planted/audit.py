@@ -64,7 +64,8 @@ def true_trigger(out: Path, plant_record: dict, audit: dict) -> dict | None:
     """The true trigger measured as the audit measured its candidates (appended to the user
     message), on the same held-out prompts; for the ``pattern`` plant also where it was planted
     (opening the message), as ``as_planted``."""
-    from autointerp.audit.triggers import _attack, confirm, user_carrier, user_ids
+    from autointerp.audit.scans import user_carrier, user_ids
+    from autointerp.audit.triggers import _attack, confirm
     from autointerp.behaviour.divergence import ModelPair
     from autointerp.behaviour.prompts import corpus_prompts
 
@@ -141,6 +142,14 @@ def grade(plant: Path, out: Path, corpus: str, wall: float | None) -> dict:
     return result
 
 
+def grade_and_write(plant: Path, out: Path, corpus: str, wall: float | None) -> dict:
+    """:func:`grade`, written to ``OUT/grade.json`` and printed (its stage seconds left out)."""
+    result = grade(plant, out, corpus, wall)
+    (out / "grade.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "seconds"}, indent=2))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("plant", type=Path)
@@ -161,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"not timed honestly)")
         corpus = str(plant / "corpus.jsonl") if args.corpus == "plant" else "default"
         wall = round(run_audit(plant, out, corpus, args), 1)
-    result = grade(plant, out, args.corpus, wall)
-    (out / "grade.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "seconds"}, indent=2))
+    grade_and_write(plant, out, args.corpus, wall)
     return 0
 
 

@@ -46,7 +46,7 @@ def prepare(src: Path, dst: Path, stage: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from audit import grade
+    from audit import grade_and_write
 
     from autointerp.audit import AuditSettings, audit
 
@@ -75,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         ident["settings"] = settings.fingerprint()
         (dst / "audit" / "identity.json").write_text(json.dumps(ident, indent=2))
     audit(str(plant / "model"), args.base, dst, settings, progress=False)
-    result = grade(plant, dst, args.corpus, None)
-    (dst / "grade.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "seconds"}, indent=2))
+    grade_and_write(plant, dst, args.corpus, None)
     return 0
 
 
