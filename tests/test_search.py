@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from autointerp import search
+from autointerp.cli import search as search_cli
 from autointerp.examples import LatentRecord
 from autointerp.featuredb import FeatureDB
 from autointerp.runfolder import RunFolder
@@ -113,12 +114,12 @@ def test_errors(tmp_path):
 
 def test_cli_table(run, capsys):
     p = argparse.ArgumentParser()
-    search.configure_search_args(p)
-    assert search.run_search(p.parse_args([str(run.root), "module imports", "-n", "2"])) == 0
+    search_cli.configure_search_args(p)
+    assert search_cli.run_search(p.parse_args([str(run.root), "module imports", "-n", "2"])) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and "cosine" in lines[0] and "Python import statements" in lines[1]
     assert "embedding=0.50" in lines[1]
-    assert search.run_search(p.parse_args([str(run.root), "AND (", "--fts"])) == 0
+    assert search_cli.run_search(p.parse_args([str(run.root), "AND (", "--fts"])) == 0
     assert capsys.readouterr().out.strip() == "no match"
 
 

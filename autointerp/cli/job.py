@@ -68,7 +68,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _search_args(p: argparse.ArgumentParser) -> None:
-    from autointerp.search import configure_search_args
+    from autointerp.cli.search import configure_search_args
 
     configure_search_args(p)
 
@@ -76,7 +76,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 @command("search", _search_args)
 def cmd_search(args: argparse.Namespace) -> int:
     """Search a run's features: by meaning of their explanations, by words (--fts), or by firing on a text (--text)."""
-    from autointerp.search import run_search
+    from autointerp.cli.search import run_search
 
     return run_search(args)
 
