@@ -71,6 +71,8 @@ class AuditSettings:
     """best tokens of the weight scan each grown into a trigger candidate (0: no growth search)."""
     grow_top: int = 8
     """neighbours on each side screened at every growth step."""
+    grow_max_len: int = 6
+    """longest grown candidate, in tokens (a multi-byte character is 2-3 byte-level tokens)."""
     pool: int = 16
     beam: int = 4
     max_len: int = 3

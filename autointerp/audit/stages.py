@@ -133,7 +133,7 @@ def stage_triggers(ctx: AuditContext) -> dict:
     scan = token_scan(pair, layer=s.scan_layer, batch_size=512, progress=ctx.progress)
     clock.lap("scan")
     np.save(ctx.folder / "token_scan.npy", np.stack([scan.score, scan.embed_score, scan.weight_score]))
-    grown = [grow(pair, a, screen, layer=scan.layer, max_len=s.max_len, top=s.grow_top, batch_size=s.batch_size,
+    grown = [grow(pair, a, screen, layer=scan.layer, max_len=s.grow_max_len, top=s.grow_top, batch_size=s.batch_size,
                   progress=ctx.progress) for a in _top(scan.weight_score, s.grow_anchors)]
     clock.lap("grow")
     found = search(pair, scan, screen, pool=s.pool, beam=s.beam, max_len=s.max_len, batch_size=s.batch_size,

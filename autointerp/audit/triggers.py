@@ -12,7 +12,11 @@ Three steps, each cheap enough for 2 CPU cores on a 135M pair:
    :func:`reading_scan` places every vocabulary token just before the sequence (score at the
    sequence's last token) and just after it (score at the token), the ``top`` best of each side
    are screened by the answer's divergence below, and the best replaces the sequence when it
-   diverges more. (b) :func:`search`: a beam search over short token sequences built from the ``pool``
+   diverges more. A user types whole characters, so a neighbour that cuts a multi-byte character
+   (``'½'`` before ``'†'``: half of ``‽``) is screened only together with the token that mends it
+   (:mod:`autointerp.audit.pieces`); growth has its own length limit (``grow_max_len``, 6 tokens:
+   ``‡¤‡`` alone is 6 byte-level tokens) and stops earlier when the divergence stops growing.
+   (b) :func:`search`: a beam search over short token sequences built from the ``pool``
    best-scanned tokens (the best of each scan in turn: :meth:`Scan.pool`). Each candidate ``c`` is appended to the user message of ``screen`` clean
    prompts and scored by the mean divergence ``KL(suspect || base)`` of the answer's first token:
    the insertion that makes the suspect answer most unlike its base. Singles, then each beam
@@ -46,6 +50,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from autointerp.audit.pieces import Characters
 from autointerp.audit.scans import Scan, _top, candidate_vocab, reading_scan, user_carrier, with_insertion
 from autointerp.behaviour.divergence import ModelPair
 from autointerp.behaviour.outliers import KL_MIN, Z_MIN, robust_z
@@ -55,11 +60,14 @@ CONFIRM_MIN = 0.5
 """the least attack success (share of held-out prompts) of a confirmed trigger."""
 
 
-def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, max_len: int = 3, top: int = 8,
-         batch_size: int = 64, progress: bool = True) -> dict:
+def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, max_len: int = 6, top: int = 8,
+         complete: int = 4, batch_size: int = 64, progress: bool = True) -> dict:
     """Step 2(a) of the module docstring: grow ``anchor`` into a sequence of at most ``max_len``
-    tokens over the screening user messages ``users``. Returns ``{"ids", "text", "screen_kl",
-    "screened": [{"ids", "text", "screen_kl"}, ...], "steps"}``."""
+    tokens over the screening user messages ``users``; a neighbour that leaves a character cut
+    in two is screened only with the token that completes it (the ``complete`` best by the same
+    reading scan; :class:`~autointerp.audit.pieces.Characters`). Returns ``{"ids", "text",
+    "screen_kl", "screened": [{"ids", "text", "screen_kl"}, ...], "steps"}``."""
+    chars = Characters(pair.tokenizer, candidate_vocab(pair.tokenizer))
     carrier = user_carrier(pair.tokenizer)
     pair.set_prefix([with_insertion(carrier, u, []) for u in users])
 
@@ -74,7 +82,11 @@ def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, ma
     while len(seq) < max_len:
         left = reading_scan(pair, layer, after=seq, progress=progress, desc=f"grow {len(seq) + 1}: before")
         right = reading_scan(pair, layer, before=seq, progress=progress, desc=f"grow {len(seq) + 1}: after")
-        cands = [[t, *seq] for t in _top(left, top)] + [[*seq, t] for t in _top(right, top)]
+        cands = [c for t in _top(left, top) for c in chars.complete([t, *seq], left, complete)]
+        cands += [c for t in _top(right, top) for c in chars.complete([*seq, t], right, complete)]
+        cands = [list(c) for c in dict.fromkeys(map(tuple, cands)) if len(c) <= max_len]
+        if not cands:
+            break
         kl = screen(cands)
         screened += [{"ids": c, "screen_kl": float(k)} for c, k in zip(cands, kl)]
         steps += 1
