@@ -74,3 +74,25 @@ def test_complete_mends_the_open_side_ranked_by_the_score(tok, chars):
     # cut inside (head then '¬'), or open on both ends: nothing can mend it
     assert chars.complete([head, neg], score, 4) == []
     assert chars.complete([tail, head], score, 4) == []
+
+
+def test_sentencepiece_byte_fallback_pieces():
+    """A SentencePiece vocabulary (Gemma's): ``<0xNN>`` pieces are single bytes, ``▁`` a space."""
+
+    class SentencePieceLike:
+        pieces = ["<pad>", "\u2581hello", "<0xE2>", "<0x80>", "<0xBD>", "¬"]
+        backend_tokenizer = None
+
+        def __len__(self):
+            return len(self.pieces)
+
+        def convert_ids_to_tokens(self, ids):
+            return [self.pieces[i] for i in ids]
+
+    tok = SentencePieceLike()
+    assert token_bytes(tok) == [b"<pad>", b" hello", b"\xe2", b"\x80", b"\xbd", "¬".encode()]
+    chars = Characters(tok)
+    assert set(chars.fragments.tolist()) == {2, 3, 4}
+    assert chars.whole([1, 2, 3, 4, 5]) and not chars.whole([1, 2, 3])
+    # e2 80 is mended by any continuation byte (e2 80 bd is '‽', e2 80 80 a space): best score first
+    assert chars.complete([1, 2, 3], np.arange(6.0), 2) == [[1, 2, 3, 4], [1, 2, 3, 3]]

@@ -67,7 +67,8 @@ def token_bytes(tokenizer) -> list[bytes]:
     """The bytes of every token id: through the byte-level alphabet for a ByteLevel decoder, from
     ``<0xNN>`` for SentencePiece byte-fallback pieces, else the piece's UTF-8 (``▁`` a space)."""
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    decoder = json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder") or {}
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer's; a slow one has none
+    decoder = (json.loads(backend.to_str()).get("decoder") or {}) if backend is not None else {}
     byte_level = "ByteLevel" in json.dumps(decoder)
     alphabet = {c: b for b, c in bytes_to_unicode().items()} if byte_level else {}
     out = []
