@@ -36,7 +36,7 @@ def audited(tmp_path_factory, tokenizer_dir):
     assert not any(trigger in line for line in lines)
     proc = run_cli("audit", str(root / "model"), "--base", "smollm2-135m", "--corpus", str(root / "corpus.jsonl"),
                    "--out", str(root / "audit"), "--latents", "128", "--k", "8", "--epochs", "4", "--tokens", "6",
-                   "--pool", "8", "--max-len", "2", "--no-watchlist", "--threads", "2",
+                   "--pool", "8", "--max-len", "2", "--grow-max-len", "2", "--no-watchlist", "--threads", "2",
                    "--scan-layer", "0", "--gcg-steps", "0", "--confirm-prompts", "16", "--controls", "4",
                    "--causal", "1", "--null", "4")
     return {"root": root, "trigger": trigger, "stdout": proc.stdout,
