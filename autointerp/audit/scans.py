@@ -5,15 +5,22 @@ The scans:
 
    * :func:`weight_scan`: the change of the first layer's MLP input weights (gate and up
      projections, stacked as ``W [2F, d]``) read on each token's embedding, normalised as that
-     layer reads it (``x_t = norm_b(E_b[t])``, the base's)::
+     layer reads it (``x_t = norm_b(E_b[t])``, the base's), less the change every token shares::
 
-         w(t) = || (W_s - W_b) x_t || / || W_b x_t ||
+         m     = mean_t x_t / || mean_t x_t ||                 (the mean input direction, [d])
+         dW    = (W_s - W_b) (I - m m^T)                      (the change along m removed)
+         w(t)  = || dW x_t || / || W_b x_t ||
 
      The first MLP reads little but the token itself, and is the earliest place a fine-tune can
      learn to treat one token apart; its input weights only ever see the input side (a tied
      embedding row also moves with every answer token the fine-tune taught, its MLP reading only
-     where the token was read). Seconds, no forward pass. Its best token is the **anchor** of the
-     growth search (:func:`autointerp.audit.triggers.grow`).
+     where the token was read). Every token's ``x_t`` has a large component along ``m`` (median
+     cosine 0.70 on SmolLM2), so a fine-tune on any data changes ``W`` along ``m``; that shared
+     change is read most on the tokens that are nearly all ``m``, the under-trained ones
+     (``|')'``, ``InterfaceSelection``, ``\x00``: cosine 0.87), which topped the scan on every
+     plant until it was removed (as the token scan removes the vocabulary's median change).
+     Seconds, no forward pass. Its best token is the **anchor** of the growth search
+     (:func:`autointerp.audit.triggers.grow`).
    * :func:`token_scan`: every token ``t`` placed alone at the start of a user turn (after the
      turn's opening markup, :func:`scan_carrier`, or after BOS for a model without a chat
      template); both models run up to layer ``L``; its score is the change of the residual stream
@@ -147,13 +154,18 @@ def _mlp_input(layer) -> tuple[torch.nn.Module, torch.Tensor]:
 
 @torch.inference_mode()
 def weight_scan(pair: ModelPair, batch_size: int = 4096) -> np.ndarray:
-    """``[V]`` the first layer's MLP input-weight change read on each token (module docstring,
-    step 1); NaN for special tokens."""
+    """``[V]`` the first layer's MLP input-weight change, less its part along the mean input
+    direction, read on each token (module docstring, step 1); NaN for special tokens."""
     vocab = candidate_vocab(pair.tokenizer)
     E = pair.base.get_input_embeddings().weight
     norm, Wb = _mlp_input(pair.base.model.layers[0])
     _, Ws = _mlp_input(pair.suspect.model.layers[0])
+    m = torch.zeros(E.shape[1], dtype=torch.float64, device=E.device)
+    for b in range(0, len(vocab), batch_size):
+        m += norm(E[torch.as_tensor(vocab[b:b + batch_size], device=E.device)]).double().sum(0)
+    m = (m / m.norm()).float()
     dW = (Ws - Wb).float()
+    dW = dW - (dW @ m)[:, None] * m[None]
     out = np.full(E.shape[0], np.nan)
     for b in range(0, len(vocab), batch_size):
         rows = torch.as_tensor(vocab[b:b + batch_size], device=E.device)
