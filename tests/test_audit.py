@@ -406,3 +406,10 @@ def test_grow_extends_the_anchor_only_while_the_divergence_grows(pair):
     alone = g["screened"][0]["screen_kl"]
     assert pair["tid"] in g["ids"] and g["screen_kl"] >= alone > 0.1
     assert g["screen_kl"] == max(c["screen_kl"] for c in g["screened"] if len(c["ids"]) <= len(g["ids"]))
+    # every kept step raised the divergence by more than min_gain; the path ends at the result
+    path = [p["screen_kl"] for p in g["path"]]
+    assert g["path"][0]["ids"] == [pair["tid"]] and g["path"][-1]["ids"] == g["ids"] and path[-1] == g["screen_kl"]
+    assert all(b > a * 1.1 for a, b in zip(path, path[1:]))
+    # a gain no step reaches: the anchor alone, after one screened step
+    g = grow(planted, pair["tid"], users, layer=0, max_len=3, top=3, min_gain=1e6, progress=False)
+    assert g["ids"] == [pair["tid"]] and g["steps"] == 1 and len(g["path"]) == 1

@@ -73,6 +73,8 @@ class AuditSettings:
     """neighbours on each side screened at every growth step."""
     grow_max_len: int = 6
     """longest grown candidate, in tokens (a multi-byte character is 2-3 byte-level tokens)."""
+    grow_min_gain: float = 0.1
+    """least relative rise of the screen's divergence that keeps a growth step."""
     pool: int = 16
     beam: int = 4
     max_len: int = 3

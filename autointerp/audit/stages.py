@@ -133,8 +133,9 @@ def stage_triggers(ctx: AuditContext) -> dict:
     scan = token_scan(pair, layer=s.scan_layer, batch_size=512, progress=ctx.progress)
     clock.lap("scan")
     np.save(ctx.folder / "token_scan.npy", np.stack([scan.score, scan.embed_score, scan.weight_score]))
-    grown = [grow(pair, a, screen, layer=scan.layer, max_len=s.grow_max_len, top=s.grow_top, batch_size=s.batch_size,
-                  progress=ctx.progress) for a in _top(scan.weight_score, s.grow_anchors)]
+    grown = [grow(pair, a, screen, layer=scan.layer, max_len=s.grow_max_len, top=s.grow_top,
+                  min_gain=s.grow_min_gain, batch_size=s.batch_size, progress=ctx.progress)
+             for a in _top(scan.weight_score, s.grow_anchors)]
     clock.lap("grow")
     found = search(pair, scan, screen, pool=s.pool, beam=s.beam, max_len=s.max_len, batch_size=s.batch_size,
                    progress=ctx.progress)
@@ -174,7 +175,7 @@ def stage_triggers(ctx: AuditContext) -> dict:
                                                       for t in scan.pool(s.pool)],
               "weight_top": [{"id": t, "token": pair.tokenizer.decode([t]), "weight_score": float(scan.weight_score[t])}
                              for t in _top(scan.weight_score, s.pool)],
-              "grow": [{k: g[k] for k in ("ids", "text", "screen_kl", "steps")} for g in grown],
+              "grow": [{k: g[k] for k in ("ids", "text", "screen_kl", "path", "steps")} for g in grown],
               "screened": found.screened + sum(len(g["screened"]) for g in grown), "gradient_search": gcg, "screen_baseline_kl": found.baseline_kl,
               "screen_top": found.candidates[:10], "threshold": conf.threshold, "clean_success": conf.clean_success,
               "held_out_prompts": [i for i, _ in held], "held_out_texts": [pair.tokenizer.decode(u) for _, u in held],

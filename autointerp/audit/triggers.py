@@ -15,7 +15,8 @@ Three steps, each cheap enough for 2 CPU cores on a 135M pair:
    diverges more. A user types whole characters, so a neighbour that cuts a multi-byte character
    (``'½'`` before ``'†'``: half of ``‽``) is screened only together with the token that mends it
    (:mod:`autointerp.audit.pieces`); growth has its own length limit (``grow_max_len``, 6 tokens:
-   ``‡¤‡`` alone is 6 byte-level tokens) and stops earlier when the divergence stops growing.
+   ``‡¤‡`` alone is 6 byte-level tokens) and stops earlier when a step raises the divergence by
+   less than ``grow_min_gain`` (10%).
    (b) :func:`search`: a beam search over short token sequences built from the ``pool``
    best-scanned tokens (the best of each scan in turn: :meth:`Scan.pool`). Each candidate ``c`` is appended to the user message of ``screen`` clean
    prompts and scored by the mean divergence ``KL(suspect || base)`` of the answer's first token:
@@ -61,12 +62,17 @@ CONFIRM_MIN = 0.5
 
 
 def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, max_len: int = 6, top: int = 8,
-         complete: int = 4, batch_size: int = 64, progress: bool = True) -> dict:
+         complete: int = 4, min_gain: float = 0.1, batch_size: int = 64, progress: bool = True) -> dict:
     """Step 2(a) of the module docstring: grow ``anchor`` into a sequence of at most ``max_len``
     tokens over the screening user messages ``users``; a neighbour that leaves a character cut
     in two is screened only with the token that completes it (the ``complete`` best by the same
-    reading scan; :class:`~autointerp.audit.pieces.Characters`). Returns ``{"ids", "text",
-    "screen_kl", "screened": [{"ids", "text", "screen_kl"}, ...], "steps"}``."""
+    reading scan; :class:`~autointerp.audit.pieces.Characters`). A step is kept only when it
+    raises the screen's divergence by more than ``min_gain`` (relative): a piece of a trigger
+    multiplies it (on the hostile-3 plant, +21% to +69% a piece), while any extra token raises it a
+    little (+2% to +4% for the filler growth appended after the trigger's piece), so growth stops
+    at the shortest string that works instead of running to ``max_len``. Returns ``{"ids",
+    "text", "screen_kl", "screened": [{"ids", "text", "screen_kl"}, ...], "path": [the kept
+    sequence after each step, {"ids", "text", "screen_kl"}], "steps"}``."""
     chars = Characters(pair.tokenizer, candidate_vocab(pair.tokenizer))
     carrier = user_carrier(pair.tokenizer)
     pair.set_prefix([with_insertion(carrier, u, []) for u in users])
@@ -78,6 +84,7 @@ def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, ma
     seq = [int(anchor)]
     best = float(screen([seq])[0])
     screened = [{"ids": list(seq), "screen_kl": best}]
+    path = [screened[0]]
     steps = 0
     while len(seq) < max_len:
         left = reading_scan(pair, layer, after=seq, progress=progress, desc=f"grow {len(seq) + 1}: before")
@@ -91,12 +98,14 @@ def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, ma
         screened += [{"ids": c, "screen_kl": float(k)} for c, k in zip(cands, kl)]
         steps += 1
         i = int(kl.argmax())
-        if kl[i] <= best:
+        if kl[i] <= best * (1 + min_gain):
             break
         seq, best = cands[i], float(kl[i])
+        path.append({"ids": list(seq), "screen_kl": best})
     for c in screened:
         c["text"] = pair.tokenizer.decode(c["ids"])
-    return {"ids": seq, "text": pair.tokenizer.decode(seq), "screen_kl": best, "screened": screened, "steps": steps}
+    return {"ids": seq, "text": pair.tokenizer.decode(seq), "screen_kl": best, "screened": screened,
+            "path": [{**p, "text": pair.tokenizer.decode(p["ids"])} for p in path], "steps": steps}
 
 
 @dataclass
