@@ -1,12 +1,7 @@
-"""Read and write other libraries' dictionary folders, without importing those libraries.
+"""Read and write SAE Lens folders (``cfg.json`` + ``sae_weights.safetensors``: the format of sae-lens
+6.x; older configs without ``architecture`` are read too).
 
-Only their on-disk files are read (``json`` + ``safetensors``), and every tensor is mapped onto
-our one model (see :mod:`.base`)::
-
-    pre = x @ W_enc + b_enc ;  z = activation(pre) ;  x_hat = z @ W_dec + b_dec (+ x @ W_skip)
-
-**SAE Lens** (folder: ``cfg.json`` + ``sae_weights.safetensors``; format of sae-lens 6.x, older
-configs without ``architecture`` are read too). SAE Lens computes::
+SAE Lens computes::
 
     sae_in = x - b_dec * apply_b_dec_to_input
     pre    = sae_in @ W_enc + b_enc                    W_enc [d_in, d_sae], W_dec [d_sae, d_out]
@@ -32,16 +27,6 @@ A JumpReLU threshold ``<= 0`` gates nothing that ReLU does not (``ReLU(pre) * 1[
 all thresholds ``== 0`` load as ``relu``; a mix of ``<= 0`` and ``> 0`` cannot be represented (our
 ``theta = exp(log_threshold) > 0``) and raises.
 
-**sparsify** (EleutherAI; folder: ``cfg.json`` + ``sae.safetensors``)::
-
-    pre   = (x - b_dec  unless transcode) @ encoder.weight.T + encoder.bias     encoder.weight [F, d_in]
-    z     = TopK_k(ReLU(pre))                                                   W_dec [F, d_in]
-    x_hat = z @ W_dec + b_dec (+ x @ W_skip.T)                                  W_skip [d_out, d_in]
-
-mapped to ``topk`` with ``W_enc = encoder.weight.T``, ``b_enc = encoder.bias - b_dec @ W_enc`` (not for
-transcoders), ``W_skip = W_skip.T``. sparsify applies ReLU *before* top-k and we apply it after; the
-dense latents are identical because ReLU is monotone (the two may only pick different indices among
-candidates that are zero either way). ``activation="groupmax"`` cannot be represented and raises.
 
 Settings that cannot be represented (per-token normalisation, whitening, other architectures)
 raise a ``ValueError`` naming the setting; nothing is silently approximated. Conversions are
@@ -53,29 +38,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
 
-from .base import Dictionary, DictionaryConfig, build
-from .io import CONFIG_FILE, WEIGHTS_FILE, load, state_tensors, write_json_atomic
-
-__all__ = [
-    "SAELENS_FORMAT_VERSION",
-    "detect_format",
-    "export_saelens",
-    "load_any",
-    "load_saelens",
-    "load_sparsify",
-]
+from ..base import Dictionary, DictionaryConfig
+from ..io import state_tensors, write_json_atomic
+from ._common import _assemble, _read_json, _require, _unit_rows
 
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_SCALER = "activation_scaler.json"
-SPARSIFY_CFG = "cfg.json"
-SPARSIFY_WEIGHTS = "sae.safetensors"
 
 SAELENS_FORMAT_VERSION = "6.54.12"
 """The sae-lens release whose folder format :func:`export_saelens` writes (and that loads it:
@@ -92,47 +66,6 @@ _SAELENS_ARCHS: dict[str, tuple[str, bool, bool]] = {
     "jumprelu_transcoder": ("jumprelu", True, False),
     "jumprelu_skip_transcoder": ("jumprelu", True, True),
 }
-
-Format = Literal["dictionaries", "saelens", "sparsify"]
-
-
-# --------------------------------------------------------------------------------------
-# Shared helpers
-# --------------------------------------------------------------------------------------
-
-
-def _assemble(cfg: DictionaryConfig, tensors: dict[str, Tensor], dtype: torch.dtype) -> Dictionary:
-    """Build ``cfg``'s architecture on the meta device and assign ``tensors`` (cast to ``dtype``);
-    the scale buffers default to 1. Returned in eval mode."""
-    state = {name: t.to(dtype).contiguous() for name, t in tensors.items()}
-    for buffer in ("folded_in_scale", "folded_out_scale"):  # float32 scalars, as io.save writes them
-        state[buffer] = tensors.get(buffer, torch.ones(())).to(torch.float32).reshape(())
-    with torch.device("meta"):
-        dictionary = build(cfg)
-    dictionary.load_state_dict(state, strict=True, assign=True)
-    return dictionary.eval()
-
-
-def _unit_rows(W_dec_FO: Tensor) -> bool:
-    """Whether every decoder row has unit norm (then our trainer may keep it so when fine-tuning)."""
-    return bool(((W_dec_FO.norm(dim=-1) - 1).abs() <= 1e-4).all())
-
-
-def _require(tensors: dict[str, Tensor], names: list[str], path: Path) -> None:
-    missing = [n for n in names if n not in tensors]
-    if missing:
-        raise ValueError(f"{path}: missing tensors {missing}; found {sorted(tensors)}")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist")
-    return json.loads(path.read_text())
-
-
-# --------------------------------------------------------------------------------------
-# SAE Lens
-# --------------------------------------------------------------------------------------
 
 
 def _saelens_architecture(raw: dict[str, Any]) -> str:
@@ -381,82 +314,3 @@ def export_saelens(dictionary: Dictionary, path: str | os.PathLike) -> Path:
     os.replace(tmp, path / SAELENS_WEIGHTS)
     write_json_atomic(sae_cfg, path / SAELENS_CFG)
     return path
-
-
-# --------------------------------------------------------------------------------------
-# sparsify
-# --------------------------------------------------------------------------------------
-
-
-def load_sparsify(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> Dictionary:
-    """Load a sparsify folder (``cfg.json`` + ``sae.safetensors``, as ``SparseCoder.save_to_disk``
-    writes it) as a ``topk`` :class:`Dictionary` with the same latents and reconstruction
-    (module docstring: the mapping). Transcoders (``transcode``) and skip connections
-    (``skip_connection``) are kept.
-
-    Raises:
-        ValueError: ``activation="groupmax"``, ``signed`` latents, or missing tensors.
-    """
-    path = Path(path)
-    raw = _read_json(path / SPARSIFY_CFG)
-    if raw.get("activation", "topk") != "topk":
-        raise ValueError(
-            f"{path}: sparsify activation={raw['activation']!r} cannot be represented (only 'topk')"
-        )
-    if raw.get("signed", False):
-        raise ValueError(f"{path}: sparsify signed=True latents cannot be represented")
-    tensors = {k: v.double() for k, v in load_file(str(path / SPARSIFY_WEIGHTS)).items()}
-    skip = bool(raw.get("skip_connection", False))
-    needed = ["encoder.weight", "encoder.bias", "W_dec", "b_dec"] + (["W_skip"] if skip else [])
-    _require(tensors, needed, path)
-
-    W_enc_DF = tensors["encoder.weight"].T
-    W_dec_FO, b_dec_O = tensors["W_dec"], tensors["b_dec"]
-    d_in, n_latents = W_enc_DF.shape
-    expected_f = raw.get("num_latents") or raw["d_in"] * raw.get("expansion_factor", 32)
-    if (d_in, n_latents) != (raw["d_in"], expected_f):
-        raise ValueError(f"{path}: encoder.weight {tuple(W_enc_DF.shape[::-1])} disagrees with cfg")
-    b_enc_F = tensors["encoder.bias"]
-    if not raw.get("transcode", False):
-        b_enc_F = b_enc_F - b_dec_O @ W_enc_DF  # sparsify encodes x - b_dec
-    state = {"W_enc": W_enc_DF, "b_enc": b_enc_F, "W_dec": W_dec_FO, "b_dec": b_dec_O}
-    if skip:
-        state["W_skip"] = tensors["W_skip"].T  # sparsify: [d_out, d_in]
-    cfg = DictionaryConfig(
-        arch="topk", d_in=d_in, n_latents=n_latents, d_out=W_dec_FO.shape[1], k=int(raw["k"]),
-        skip_connection=skip,
-        normalize_decoder=bool(raw.get("normalize_decoder", True)) and _unit_rows(W_dec_FO),
-    )
-    return _assemble(cfg, state, dtype)
-
-
-# --------------------------------------------------------------------------------------
-# Any
-# --------------------------------------------------------------------------------------
-
-
-def detect_format(path: str | os.PathLike) -> Format:
-    """``"dictionaries"`` (``cfg.json`` with our ``arch`` key + ``weights.safetensors``),
-    ``"saelens"`` (``sae_weights.safetensors``) or ``"sparsify"`` (``sae.safetensors``)."""
-    path = Path(path)
-    if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
-        if "arch" in json.loads((path / CONFIG_FILE).read_text()):
-            return "dictionaries"
-    if (path / SAELENS_CFG).is_file() and (path / SAELENS_WEIGHTS).is_file():
-        return "saelens"
-    if (path / SPARSIFY_CFG).is_file() and (path / SPARSIFY_WEIGHTS).is_file():
-        return "sparsify"
-    found = sorted(p.name for p in path.iterdir()) if path.is_dir() else "not a directory"
-    raise ValueError(f"{path}: not a dictionaries, SAE Lens or sparsify folder (found: {found})")
-
-
-def load_any(path: str | os.PathLike, **kwargs: Any) -> Dictionary:
-    """Load a folder in any supported format (see :func:`detect_format`). ``kwargs`` go to the
-    format's loader (``norm_scaling_factor`` and ``dtype`` for SAE Lens, ``dtype`` for sparsify,
-    ``device`` for ours)."""
-    fmt = detect_format(path)
-    if fmt == "dictionaries":
-        return load(path, **kwargs)
-    if fmt == "saelens":
-        return load_saelens(path, **kwargs)
-    return load_sparsify(path, **kwargs)
