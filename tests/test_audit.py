@@ -164,7 +164,9 @@ def test_trigger_absent_from_the_corpus_is_recovered_from_the_models(pair, witho
     # the weight scan's best token was grown, and what it screened is recorded
     assert trig["grow"][0]["ids"].count(trig["weight_top"][0]["id"]) == 1 and trig["grow"][0]["steps"] >= 1
     assert all(v >= 0 for v in trig["seconds"].values()) and r["triggers"]["seconds"] == trig["seconds"]
-    assert "(triggers: scan " in (pair["root"] / "a-without" / "report.html").read_text()
+    html = (pair["root"] / "a-without" / "report.html").read_text()
+    assert "(triggers: scan " in html and "Grown from its anchor: " in html
+    assert trig["grow"][0]["path"][0]["ids"] == [trig["weight_top"][0]["id"]]
 
 
 def test_benign_restyle_is_not_flagged(pair):

@@ -71,6 +71,19 @@ def _describe(desc: dict) -> str:
     return "".join(out)
 
 
+def _growth(trig: dict) -> str:
+    """The weight scan's first tokens and each growth's kept path (anchor first, screen KL)."""
+    parts = []
+    if trig.get("weight_top"):
+        parts.append("Weight scan's first tokens: " + esc(", ".join(repr(t["token"]) for t in trig["weight_top"][:5]))
+                     + ".")
+    for g in trig.get("grow") or []:
+        steps = " → ".join(f"{p['text']!r} ({fmt(p['screen_kl'])})" for p in g.get("path") or [])
+        if steps:
+            parts.append(f"Grown from its anchor: {esc(steps)}.")
+    return f'<p class="note">{" ".join(parts)}</p>' if parts else ""
+
+
 def audit_section(run: RunFolder, paged: set[int]) -> str:
     """The section's HTML; empty when the run holds no finished audit."""
     path = run.audit / "audit.json"
@@ -110,6 +123,7 @@ def audit_section(run: RunFolder, paged: set[int]) -> str:
                    "most over-represented with the candidate.</p>"
                    + table(["candidate", "screen KL", "attack success", "random strings (max)", "mean KL",
                             "confirmed", "says more"], cells, num={1, 2, 3, 4}))
+        out.append(_growth(trig))
         best = next((c for c in cands if c["confirmed"]), None)
         if best is not None and trig.get("held_out_texts"):
             rows = [[esc(t), esc(without), esc(with_), esc(base)] for t, without, with_, base in
