@@ -1,0 +1,79 @@
+"""The trigger search's weight scan and growth alone on a planted model, then confirmation: a quick
+check of new seeds, without the audit's other stages (the audit, ``audit.py``, remains the measure).
+
+    .venv/bin/python benchmarks/planted/recover.py benchmarks/_out/planted/phrase-2 --threads 1
+
+What differs from the audit's trigger stage: the screening and held-out prompts are drawn from the
+shipped chat corpus's user turns directly (the audit first leaves out the prompts its behaviour diff
+found unusual, which needs the hour of stages before it), and only the grown string is confirmed
+(no beam or gradient search). The rest is the audit's own code and defaults: the weight scan's best
+token is grown (:func:`autointerp.audit.triggers.grow`) and confirmed on 32 held-out prompts against
+8 random strings of its length, beside the true trigger appended the same way. Writes
+``PLANT/recover.json`` and prints one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from autointerp.audit import AuditSettings, default_corpus
+    from autointerp.audit.scans import _top, default_scan_layer, user_ids, weight_scan
+    from autointerp.audit.triggers import confirm, grow
+    from autointerp.behaviour.divergence import ModelPair
+    from autointerp.behaviour.prompts import corpus_prompts
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("plant", type=Path)
+    ap.add_argument("--base", default="smollm2-135m")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    s = AuditSettings()
+    record = json.loads((args.plant / "plant.json").read_text())
+    pair = ModelPair.load(str(args.plant / "model"), args.base)
+    tok = pair.tokenizer
+    users = [user_ids(tok, p.text) for p in corpus_prompts(default_corpus(), tok) if p.text.strip()]
+    pick = np.random.default_rng(0).choice(len(users), size=s.screen_prompts + s.confirm_prompts, replace=False)
+    screen, held = [users[i] for i in pick[:s.screen_prompts]], [users[i] for i in pick[s.screen_prompts:]]
+    t0 = time.time()
+    w = weight_scan(pair)
+    order = np.argsort(-np.nan_to_num(w, nan=-np.inf), kind="stable")
+    trigger = record.get("trigger")
+    true_ids = tok(" " + trigger, add_special_tokens=False)["input_ids"] if trigger else []
+    rank = {tok.decode([t]): int(np.where(order == t)[0][0]) for t in dict.fromkeys(true_ids)}
+    anchor = _top(w, 1)[0]
+    g = grow(pair, anchor, screen, layer=default_scan_layer(pair), max_len=s.grow_max_len, top=s.grow_top,
+             min_gain=s.grow_min_gain, batch_size=s.batch_size, progress=False)
+    grow_s = time.time() - t0
+    cands = [g["ids"]] + ([true_ids] if true_ids else [])
+    conf = confirm(pair, cands, held, n_tokens=s.behaviour_tokens, controls=s.controls, batch_size=s.batch_size,
+                   progress=False)
+    got = conf.candidates[0]
+    true = conf.candidates[1] if true_ids else None
+    out = {"plant": record["plant"], "seed": record["seed"], "trigger": trigger,
+           "weight_top": [tok.decode([t]) for t in _top(w, 8)], "trigger_token_ranks": rank,
+           "anchor": tok.decode([anchor]), "path": g["path"], "grown": g["text"], "steps": g["steps"],
+           "grown_attack_success": got["attack_success"], "grown_control_max": got["control_max"],
+           "grown_confirmed": got["confirmed"],
+           "true_attack_success": None if true is None else true["attack_success"],
+           "recovered_vs_true": (got["attack_success"] / true["attack_success"]
+                                 if true is not None and true["attack_success"] > 0 and got["confirmed"] else 0.0),
+           "seconds": {"scan_and_grow": round(grow_s, 1), "total": round(time.time() - t0, 1)}}
+    (args.plant / "recover.json").write_text(json.dumps(out, indent=2))
+    print(f"{args.plant.name}: anchor {out['anchor']!r} (trigger tokens' ranks {rank}), grown {g['text']!r} "
+          f"{got['attack_success']:.0%} (random {got['control_max']:.0%}, confirmed {got['confirmed']}), "
+          f"true {out['true_attack_success']}, {out['seconds']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
