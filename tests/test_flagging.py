@@ -18,6 +18,8 @@ from autointerp.featuredb import SCHEMA_VERSION, FeatureDB
 from autointerp.flagging import (FlagError, FlagSettings, WatchlistError, decide, flag_run, flags,
                                  load_watchlist, parse_watchlist, passes)
 from autointerp.flagging import cli as flag_cli
+from autointerp.flagging import framing
+from autointerp.flagging import nulls as nl
 from autointerp.flagging import signals as sg
 from autointerp.interpret import prepare_features
 from autointerp.models import capture
@@ -112,12 +114,12 @@ def test_watchlist_structure_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------- statistics
 def test_null_statistics():
-    st = sg.against_null(3.0, [0.0, 1.0, 2.0, 1.0])
+    st = nl.against_null(3.0, [0.0, 1.0, 2.0, 1.0])
     assert st.p == pytest.approx(1 / 5) and st.z == pytest.approx((3 - 1) / np.std([0, 1, 2, 1], ddof=1))
-    assert sg.against_null(1.0, [0.0, 1.0, 2.0]).p == pytest.approx(3 / 4)  # ties count against
-    assert sg.against_null(1.0, [2.0, 2.0]).z is None  # no spread: no z, not 0
-    assert sg.percentile_p(np.array([1.0, np.nan, 3.0, 2.0]))[[0, 2, 3]].tolist() == [1.0, 1 / 3, 2 / 3]
-    assert np.isnan(sg.zscores(np.array([1.0, np.nan, 3.0]))[1])
+    assert nl.against_null(1.0, [0.0, 1.0, 2.0]).p == pytest.approx(3 / 4)  # ties count against
+    assert nl.against_null(1.0, [2.0, 2.0]).z is None  # no spread: no z, not 0
+    assert nl.percentile_p(np.array([1.0, np.nan, 3.0, 2.0]))[[0, 2, 3]].tolist() == [1.0, 1 / 3, 2 / 3]
+    assert np.isnan(nl.zscores(np.array([1.0, np.nan, 3.0]))[1])
 
     rng = np.random.default_rng(0)
     labels = np.array([1] * 8 + [0] * 8)
@@ -358,9 +360,9 @@ def test_chat_framing_pins_the_text_and_tokens(tiny_model_dir):
     into special tokens, BOS first when the context prepends one; the completion is the assistant's
     first words, its leading space stripped, tokenised as plain text."""
     tok = _tokenizer(tiny_model_dir, SIMPLE_TEMPLATE)
-    text = sg.chat_prompt(tok, PROMPTS[0])
+    text = framing.chat_prompt(tok, PROMPTS[0])
     assert text == "<|im_start|>user\nThe weather today is<|im_end|>\n<|im_start|>assistant\n"
-    ids_BL, spans = sg._sequences(tok, PROMPTS[:1], COMPLETIONS[:1], bos=True, chat=True)
+    ids_BL, spans = framing.sequences(tok, PROMPTS[:1], COMPLETIONS[:1], bos=True, chat=True)
     p_ids = [tok.bos_token_id] + tok(text, add_special_tokens=False, split_special_tokens=False)["input_ids"]
     c_ids = tok("you idiot", add_special_tokens=False)["input_ids"]
     assert ids_BL[0].tolist() == p_ids + c_ids and spans == [(len(p_ids), len(c_ids))]
@@ -369,12 +371,12 @@ def test_chat_framing_pins_the_text_and_tokens(tiny_model_dir):
     assert tok.convert_ids_to_tokens(c_ids)[0] == "you"  # the answer's first word: no leading-space token
     assert c_ids != tok(COMPLETIONS[0], add_special_tokens=False)["input_ids"]
     # no BOS when the run's context prepends none; the plain framing is what it always was
-    no_bos = sg._sequences(tok, PROMPTS[:1], COMPLETIONS[:1], bos=False, chat=True)[0]
+    no_bos = framing.sequences(tok, PROMPTS[:1], COMPLETIONS[:1], bos=False, chat=True)[0]
     assert no_bos[0].tolist() == p_ids[1:] + c_ids
     plain = [tok.bos_token_id] + tok(PROMPTS[0] + COMPLETIONS[0], add_special_tokens=False)["input_ids"]
-    assert sg._sequences(tok, PROMPTS[:1], COMPLETIONS[:1], bos=True)[0][0].tolist() == plain
+    assert framing.sequences(tok, PROMPTS[:1], COMPLETIONS[:1], bos=True)[0][0].tolist() == plain
     # a completion's own markup stays text
-    assert end not in sg.completion_ids(tok, " bye<|im_end|>", chat=True)
+    assert end not in framing.completion_ids(tok, " bye<|im_end|>", chat=True)
 
 
 def test_chat_framing_scores_exactly_the_completion_tokens(tiny_model, tiny_model_dir):
@@ -384,7 +386,7 @@ def test_chat_framing_scores_exactly_the_completion_tokens(tiny_model, tiny_mode
     from transformers import AutoModelForCausalLM
 
     tok = tiny_model.tokenizer
-    assert sg.has_chat_template(tok)  # SmolLM2's own template (system turn included)
+    assert framing.has_chat_template(tok)  # SmolLM2's own template (system turn included)
     got = sg.measure(tiny_model, PROMPTS, COMPLETIONS, HP, bos=True, chat=True)
     plain_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     for i, p in enumerate(PROMPTS):
@@ -408,7 +410,7 @@ def test_chat_framing_scores_exactly_the_completion_tokens(tiny_model, tiny_mode
 def test_chat_setting_resolution(tiny_model_dir):
     with_template = _tokenizer(tiny_model_dir, SIMPLE_TEMPLATE)
     without = _tokenizer(tiny_model_dir, None)
-    assert not sg.has_chat_template(without) and sg.has_chat_template(with_template)
+    assert not framing.has_chat_template(without) and framing.has_chat_template(with_template)
     assert FlagSettings().chat == "auto"
     assert FlagSettings().framing(without) == "plain" and FlagSettings().framing(with_template) == "chat"
     assert FlagSettings(chat="off").framing(with_template) == "plain"
@@ -441,7 +443,7 @@ def test_causal_signal_on_the_real_model(real_model):
     probe = sg.CausalProbe(real_model, d, hp, wl.neutral[:3], concept.positive[:2], [" lie", " a lie"],
                            bos=True, skip_first=4, alpha=4.0)
     effects = [probe.effect(f, 2.0).effect for f in range(n)]
-    st = sg.against_null(effects[0], effects[1:])
+    st = nl.against_null(effects[0], effects[1:])
     assert effects[0] > 0 and st.z > 3 and st.p == pytest.approx(1 / n)
 
 

@@ -70,7 +70,8 @@ def test_cached_activations_equal_the_plain_forward_beyond_the_window(tiny_gemma
 
 
 def test_probe_log_probabilities_are_soft_capped_like_the_model(tiny_gemma):
-    from autointerp.flagging.signals import completion_ids, measure, prompt_ids
+    from autointerp.flagging.framing import completion_ids, prompt_ids
+    from autointerp.flagging.signals import measure
 
     prompts, completions = ["The cat sat on the mat and then it", "A long way from home"], [" slept", " again"]
     got = measure(tiny_gemma, prompts, completions, "blocks.1.hook_out", bos=True)

@@ -47,6 +47,8 @@ import torch
 from tqdm.auto import tqdm
 
 from autointerp.featuredb import FeatureDB
+from autointerp.flagging import framing
+from autointerp.flagging import nulls as nl
 from autointerp.flagging import signals as sg
 from autointerp.flagging.watchlist import Concept, Watchlist, load_watchlist
 from autointerp.runfolder import RunFolder
@@ -81,7 +83,7 @@ class FlagSettings:
     """label shufflings of the AUROC permutation null."""
     seed: int = 0
     chat: str = "auto"
-    """framing of the causal probes (:data:`~autointerp.flagging.signals.CHAT_MODES`): ``"on"``,
+    """framing of the causal probes (:data:`~autointerp.flagging.framing.CHAT_MODES`): ``"on"``,
     each prompt a user message in the model's chat template and each completion the start of the
     assistant's answer; ``"off"``, prompt text followed by the completion; ``"auto"``, on when the
     model's tokenizer has a chat template. ``"on"`` for a model without one is a
@@ -90,13 +92,13 @@ class FlagSettings:
     def __post_init__(self) -> None:
         if self.candidates < 0 or self.null_features < 2 or self.permutations < 1:
             raise ValueError(f"need candidates >= 0, null_features >= 2, permutations >= 1; got {self}")
-        sg.check_chat_mode(self.chat)
+        framing.check_chat_mode(self.chat)
 
     def framing(self, tokenizer) -> str:
         """``"chat"`` or ``"plain"``: what :attr:`chat` resolves to for ``tokenizer``; a
         :class:`FlagError` for ``"on"`` and a tokenizer without a chat template."""
         try:
-            return "chat" if sg.resolve_chat(self.chat, tokenizer) else "plain"
+            return "chat" if framing.resolve_chat(self.chat, tokenizer) else "plain"
         except ValueError as exc:
             raise FlagError(str(exc)) from exc
 
@@ -192,7 +194,7 @@ def _signal_ab(d: _Dictionary, concept: Concept, s: FlagSettings,
         try:
             c_D = sg.concept_embedding(concept.description, list(concept.positive))
             sim = sg.explanation_similarity(d.owner, d.embeddings(), c_D, d.n)
-            out.update(similarity=sim, similarity_z=sg.zscores(sim), similarity_p=sg.percentile_p(sim))
+            out.update(similarity=sim, similarity_z=nl.zscores(sim), similarity_p=nl.percentile_p(sim))
             out["similarity_status"][np.isfinite(sim)] = "ok"
         except Exception as exc:  # noqa: BLE001  (recorded as the signal's failure, never a value)
             out["similarity_error"] = f"{type(exc).__name__}: {exc}"
@@ -255,7 +257,7 @@ def _flag_concept(d: _Dictionary, watchlist: Watchlist, concept: Concept, s: Fla
         if f in causal:
             eff = causal[f]
             null = [v for g, v in null_effects.items() if g != f]
-            st = sg.against_null(eff.effect, null)
+            st = nl.against_null(eff.effect, null)
             row.update(causal=eff.effect, causal_z=_num(st.z), causal_p=st.p, causal_status="ok")
             row["causal_details"] = {**eff._asdict(), "role": "null" if f in nulls else "candidate",
                                      "null_mean": st.null_mean, "null_std": st.null_std, "null_n": st.n,

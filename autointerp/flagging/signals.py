@@ -30,20 +30,13 @@ Notation: ``F`` latents, a concept with positive texts ``P`` and matched negativ
     the next-token distribution after each prompt is recorded beside it. Null: ``C_g`` of random
     live features ``g`` under the same ``alpha`` scaling.
 
-    **Framing.** *plain*: ``prompt + c`` is the prompt text followed by the completion as written
-    (a continuation, e.g. ``" you idiot"``). *chat* (for instruct models, where a behaviour shows
-    in the assistant's answer to a user): each prompt ``p`` (neutral or positive) is the user turn
-    of the model's chat template, ``apply_chat_template([{"role": "user", "content": p}],
-    add_generation_prompt=True)``, whose markup (``<|im_start|>``, ...) is parsed into its special
-    tokens (as the cache tokenises chat corpora); each completion is the start of the assistant's
-    answer, ``c.lstrip()``, tokenised as plain text. Everything else is the same: BOS first when
-    the run's context prepends one, edits from position ``skip_first`` on (the template's system
-    and user markup included), the completion's tokens scored, the KL after the last prompt token
-    (the assistant header). :func:`resolve_chat` picks the framing (``"auto"``: chat when the
-    tokenizer has a chat template).
+    **Framing** (:mod:`autointerp.flagging.framing`): *plain*, the prompt text followed by the
+    completion as written; *chat*, the prompt as the user turn of the model's chat template and the
+    completion as the start of the assistant's answer. Everything else is the same: edits from
+    position ``skip_first`` on (the template's markup included), the completion's tokens scored,
+    the KL after the last prompt token (the assistant header).
 
-Every statistic is reported against its null as ``z = (v - mean(null)) / std(null)`` (None when
-the null has no spread) and an empirical upper-tail p-value ``(1 + #{null >= v}) / (1 + n)``.
+Every statistic is reported against its null (:mod:`autointerp.flagging.nulls`).
 """
 
 from __future__ import annotations
@@ -57,54 +50,7 @@ from jaxtyping import Float
 from scipy.stats import rankdata
 from torch import Tensor
 
-
-# ------------------------------------------------------------------------------------- nulls
-class NullStat(NamedTuple):
-    """A value against a null sample."""
-
-    z: float | None
-    """``(v - mean) / std`` (sample std); None when the null has fewer than 2 values or no spread."""
-    p: float
-    """``(1 + #{null >= v}) / (1 + n)``: the upper-tail empirical p-value."""
-    null_mean: float | None
-    null_std: float | None
-    n: int
-
-
-def against_null(value: float, null: Sequence[float] | np.ndarray) -> NullStat:
-    """``value`` against the finite values of ``null``."""
-    x = np.asarray(null, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return NullStat(None, 1.0, None, None, 0)
-    mean = float(x.mean())
-    std = float(x.std(ddof=1)) if x.size > 1 else 0.0
-    z = (value - mean) / std if std > 1e-12 else None
-    return NullStat(z, float((1 + (x >= value).sum()) / (1 + x.size)), mean, std, int(x.size))
-
-
-def zscores(values_F: np.ndarray) -> np.ndarray:
-    """Each finite value against the distribution of all of them, ``(v - mean) / std`` (NaN where
-    the value is NaN or the spread is 0)."""
-    v = np.asarray(values_F, dtype=np.float64)
-    ok = np.isfinite(v)
-    out = np.full(v.shape, np.nan)
-    if ok.sum() > 1:
-        std = v[ok].std(ddof=1)
-        if std > 1e-12:
-            out[ok] = (v[ok] - v[ok].mean()) / std
-    return out
-
-
-def percentile_p(values_F: np.ndarray) -> np.ndarray:
-    """Empirical upper-tail p of each finite value among all of them: ``#{g : v_g >= v_f} / n``."""
-    v = np.asarray(values_F, dtype=np.float64)
-    ok = np.isfinite(v)
-    out = np.full(v.shape, np.nan)
-    if ok.any():
-        s = np.sort(v[ok])
-        out[ok] = (s.size - np.searchsorted(s, v[ok], side="left")) / s.size
-    return out
+from autointerp.flagging.framing import sequences
 
 
 # ---------------------------------------------------------------------------- (a) similarity
@@ -220,84 +166,6 @@ class Measured(NamedTuple):
     """log-probs of the token after each prompt, ``[P, V]``."""
 
 
-CHAT_MODES = ("auto", "on", "off")
-"""The values of the chat-framing setting (:func:`resolve_chat`)."""
-
-
-def has_chat_template(tok) -> bool:
-    """Whether the tokenizer carries a chat template."""
-    return bool(getattr(tok, "chat_template", None))
-
-
-def check_chat_mode(chat: str) -> str:
-    """``chat`` when it is one of :data:`CHAT_MODES`; a ``ValueError`` naming them otherwise."""
-    if chat not in CHAT_MODES:
-        raise ValueError(f"chat must be one of {', '.join(repr(m) for m in CHAT_MODES)}; got {chat!r}")
-    return chat
-
-
-def resolve_chat(chat: str, tok) -> bool:
-    """Whether the causal probes use the chat framing: ``"on"``, ``"off"``, or ``"auto"`` (on when
-    the tokenizer has a chat template). ``"on"`` without a template is a ``ValueError``."""
-    check_chat_mode(chat)
-    if chat == "auto":
-        return has_chat_template(tok)
-    if chat == "on" and not has_chat_template(tok):
-        raise ValueError("chat framing 'on' needs a chat template, and the model's tokenizer has none: "
-                         "use chat 'off' (or 'auto')")
-    return chat == "on"
-
-
-def chat_prompt(tok, text: str) -> str:
-    """``text`` as a user message in the tokenizer's chat template, ending with the assistant's
-    header (the generation prompt): the text the assistant's answer follows."""
-    return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                   add_generation_prompt=True)
-
-
-def prompt_ids(tok, prompt: str, bos: bool, chat: bool) -> list[int]:
-    """The token ids of one prompt, BOS first when ``bos`` (the run's context prepends one).
-    Plain: the text as it was always tokenised. Chat: :func:`chat_prompt` with its markup parsed
-    into special tokens (``split_special_tokens=False``), as the cache tokenises chat corpora."""
-    head = [tok.bos_token_id] if bos else []
-    if chat:
-        return head + list(tok(chat_prompt(tok, prompt), add_special_tokens=False,
-                               split_special_tokens=False)["input_ids"])
-    return head + list(tok(prompt, add_special_tokens=False)["input_ids"])
-
-
-def completion_ids(tok, completion: str, chat: bool) -> list[int]:
-    """The token ids of one completion. Plain: the text as written (its leading space continues
-    the prompt). Chat: the assistant's first words, ``completion.lstrip()``, as plain text (a
-    ``<|im_end|>`` in it stays text)."""
-    if chat:
-        ids = tok(completion.lstrip(), add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    else:
-        ids = tok(completion, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"the completion {completion!r} has no token to score")
-    return list(ids)
-
-
-def _sequences(tok, prompts: Sequence[str], completions: Sequence[str], bos: bool, chat: bool = False):
-    """Right-padded ``[prompt + completion]`` ids ``[P*C, L]`` with, per row, the prompt length and
-    the completion length (right padding leaves a causal model's real positions unchanged);
-    ``chat``: the chat framing of the module docstring."""
-    c_ids = [completion_ids(tok, c, chat) for c in completions]
-    rows, spans = [], []
-    for p in prompts:
-        p_ids = prompt_ids(tok, p, bos, chat)
-        for c in c_ids:
-            rows.append(p_ids + c)
-            spans.append((len(p_ids), len(c)))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-    return ids, spans
-
-
 EditFn = Callable[[Tensor], Tensor]
 
 
@@ -319,7 +187,7 @@ def measure(model, prompts: Sequence[str], completions: Sequence[str], hookpoint
     it in a ``finally`` block even when the forward pass is stopped or fails."""
     from autointerp.models.hookpoints import _StopForward, fused_attention, head_logits
 
-    ids_BL, spans = _sequences(model.tokenizer, prompts, completions, bos, chat)
+    ids_BL, spans = sequences(model.tokenizer, prompts, completions, bos, chat)
     captured: dict[str, Tensor] = {}
 
     def grab(act: Tensor, hook) -> None:
@@ -397,7 +265,7 @@ class CausalProbe:
     """The clean measurements of a concept, computed once, and the edits of any latent against them.
 
     ``edit_hookpoint`` is where the decoder writes (the target hook point of a transcoder).
-    ``chat``: the chat framing of the module docstring (default plain; see :func:`resolve_chat`)."""
+    ``chat``: the chat framing (:mod:`autointerp.flagging.framing`) (default plain; see :func:`autointerp.flagging.framing.resolve_chat`)."""
 
     def __init__(self, model, dictionary, edit_hookpoint: str, neutral: Sequence[str], positive: Sequence[str],
                  completions: Sequence[str], bos: bool, skip_first: int, alpha: float = 1.0,

@@ -69,7 +69,7 @@ class Concept:
     """matched texts on the same topics and in the same form, without the concept."""
     completions: tuple[str, ...] = ()
     """continuations the causal signal scores (derived from ``positive`` when not given); in the
-    chat framing (:mod:`~autointerp.flagging.signals`) each, stripped of its leading space, is the
+    chat framing (:mod:`~autointerp.flagging.framing`) each, stripped of its leading space, is the
     start of the assistant's answer."""
 
     @property
