@@ -172,11 +172,11 @@ def _base_cache(base_run: str | Path, hook: str, manifest: dict) -> tuple[Path, 
     """The cache folder and manifest of ``base_run`` at ``hook``, checked against the fine-tuned
     run's ``manifest``: same corpus contexts, exclusions and shard layout."""
     from autointerp.activations import read_manifest
-    from autointerp.interpret import _provenance
+    from autointerp.dictionary_folder import provenance
 
     brun = RunFolder(base_run)
     dirs = brun.dictionary_dirs()
-    caches = [_provenance(d).get("caches", {}) for d in dirs]
+    caches = [provenance(d).get("caches", {}) for d in dirs]
     folders = [Path(c[hook]["folder"]) for c in caches if hook in c]
     own = brun.activations / hook  # a run that stopped after its cache stage has no dictionary yet
     if not folders and (own / "manifest.json").is_file():
@@ -209,12 +209,12 @@ def diff_run(run_dir: str | Path, base: str | None = None, *, dictionary: str | 
     import dictionaries as dl
     from autointerp.activations import load_shard, read_manifest
     from autointerp.featuredb import FeatureDB
-    from autointerp.interpret import _provenance, dictionary_name
+    from autointerp.dictionary_folder import dictionary_name, provenance
     from autointerp.models import capture, load_model, resolve
 
     run = RunFolder(run_dir)
     ddir = _dictionary_dir(run, dictionary)
-    prov = _provenance(ddir)
+    prov = provenance(ddir)
     hook = prov["input_hookpoint"]
     if prov.get("target_hookpoint", hook) != hook:
         raise DiffError(f"{ddir.name} is a transcoder ({hook} -> {prov['target_hookpoint']}); diff applies "

@@ -30,12 +30,10 @@ Failed explanations and scores are work still to do: a re-run redoes exactly tho
 
 from __future__ import annotations
 
-import json
 import random
-import re
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +41,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from autointerp.examples import Example, ExamplesConfig, LatentRecord, iter_latent_records
-from autointerp.explainers import Explanation, build_explainer, token_counts
+from autointerp.dictionary_folder import dictionary_name, heldout_token_counts, load_tokenizer
+from autointerp.explainers import Explanation, build_explainer
 from autointerp.featuredb import FeatureDB
 from autointerp.llm.base import Deadline, LLMClient
 from autointerp.scorers import Score, build_scorer, score_with_controls
-from autointerp.training import PROVENANCE
+from autointerp.selection import FeatureSelection, as_selection
 
 BASELINE_EXPLAINER = "token-enrichment"
 BASELINE_MODEL = "none"
@@ -55,107 +54,6 @@ BASELINE_MODEL = "none"
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 """the model name recorded for the ``embedding`` scorer's rows."""
 LLM_SCORERS = ("detection", "fuzzing", "simulation")
-
-
-# ------------------------------------------------------------------------------ selection
-@dataclass(frozen=True)
-class FeatureSelection:
-    """Which latents to work on: explicit ``latents``, or the first ``count`` live ones (exactly one set)."""
-
-    latents: tuple[int, ...] | None = None
-    count: int | None = None
-
-    def __post_init__(self) -> None:
-        if (self.latents is None) == (self.count is None):
-            raise ValueError("a FeatureSelection has either latents or a count")
-        if self.count is not None and self.count < 0:
-            raise ValueError(f"count must be >= 0, got {self.count}")
-
-    def select(self, alive: Sequence[int]) -> list[int]:
-        """The selected latents among ``alive`` (sorted live latents), in increasing order."""
-        if self.count is not None:
-            return sorted(alive)[:self.count]
-        wanted = set(self.latents)
-        return [f for f in sorted(alive) if f in wanted]
-
-
-_RANGE = re.compile(r"^(\d+)-(\d+)$")
-
-
-def parse_feature_selection(spec: str) -> FeatureSelection:
-    """``"50"``: the first 50 live features; ``"0-9,15,20"``: those latents (ranges inclusive).
-
-    A bare number is a count; a single latent is written as a range (``"15-15"``) or in a list
-    (``"15,"``).
-    """
-    spec = spec.strip()
-    if re.fullmatch(r"\d+", spec):
-        return FeatureSelection(count=int(spec))
-    latents: list[int] = []
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        if m := _RANGE.match(part):
-            lo, hi = int(m.group(1)), int(m.group(2))
-            if hi < lo:
-                raise ValueError(f"bad range {part!r} in feature selection {spec!r}: end before start")
-            latents.extend(range(lo, hi + 1))
-        elif part.isdigit():
-            latents.append(int(part))
-        else:
-            raise ValueError(f"bad feature selection {spec!r}: expected a count (50) or latents (0-9,15,20)")
-    if not latents:
-        raise ValueError(f"feature selection {spec!r} names no latent")
-    return FeatureSelection(latents=tuple(sorted(set(latents))))
-
-
-def _as_selection(features: FeatureSelection | str | Iterable[int] | None) -> FeatureSelection | None:
-    if features is None or isinstance(features, FeatureSelection):
-        return features
-    if isinstance(features, str):
-        return parse_feature_selection(features)
-    return FeatureSelection(latents=tuple(sorted({int(f) for f in features})))
-
-
-# ----------------------------------------------------------------------------- dictionary
-def dictionary_name(dictionary_dir: str | Path) -> str:
-    """The ``features.dictionary`` key of a dictionary: its folder name."""
-    return Path(dictionary_dir).resolve().name
-
-
-def _provenance(dictionary_dir: str | Path) -> dict:
-    path = Path(dictionary_dir) / PROVENANCE
-    if not path.exists():
-        raise FileNotFoundError(f"{dictionary_dir} has no {PROVENANCE}: not a dictionary trained by `autointerp train`")
-    return json.loads(path.read_text())
-
-
-def model_spec(dictionary_dir: str | Path) -> str:
-    """The spec of the model whose activations the dictionary was trained on."""
-    return _provenance(dictionary_dir)["model"]["spec"]
-
-
-def load_tokenizer(dictionary_dir: str | Path):
-    """The tokenizer of the dictionary's model (no weights loaded)."""
-    import autointerp  # noqa: F401  (offline mode before transformers is imported)
-    from transformers import AutoTokenizer
-
-    from autointerp.models import resolve
-
-    return AutoTokenizer.from_pretrained(resolve(model_spec(dictionary_dir))[0])
-
-
-def heldout_token_counts(dictionary_dir: str | Path) -> Counter[int]:
-    """Token counts of the held-out contexts of the dictionary's cache (the baseline's corpus)."""
-    from autointerp.activations import load_shard, read_manifest
-
-    prov = _provenance(dictionary_dir)
-    folder = Path(prov["caches"][prov["input_hookpoint"]]["folder"])
-    manifest = read_manifest(folder)
-    counts: Counter[int] = Counter()
-    for s in prov["heldout_shards"]:
-        counts.update(token_counts(load_shard(folder, manifest["shards"][s])["contexts"]))
-    return counts
 
 
 # ------------------------------------------------------------------------------- features
@@ -172,7 +70,7 @@ def prepare_features(dictionary_dir: str | Path, db_path: str | Path, examples_c
     import dictionaries as dl
 
     name = dictionary_name(dictionary_dir)
-    sel = _as_selection(features)
+    sel = as_selection(features)
     with FeatureDB(db_path) as db:
         stored = set() if overwrite else {r["latent"] for r in db.features(name)}
         if sel is not None and sel.latents is not None:
@@ -283,7 +181,7 @@ def explain(db_path: str | Path, dictionary_dir: str | Path, explainer_name: str
     name = dictionary_name(dictionary_dir)
     counts = RunCounts()
     with FeatureDB(db_path) as db, _deadline(client, deadline):
-        todo = _selected(db, name, db.explanations_todo(explainer_name, model, name), _as_selection(features))
+        todo = _selected(db, name, db.explanations_todo(explainer_name, model, name), as_selection(features))
         with tqdm(total=len(todo), desc=f"explain {explainer_name}", disable=not progress) as bar:
             # `concurrency` records go to the explainer together (one batch for a local model,
             # concurrent requests for an endpoint); each chunk is stored before the next starts,
@@ -351,7 +249,7 @@ def score(db_path: str | Path, dictionary_dir: str | Path, scorer_name: str, cli
     model = _scorer_model(scorer_name, client)
     baseline = None  # built on first need: reading the held-out contexts costs a pass over them
     name = dictionary_name(dictionary_dir)
-    sel = _as_selection(features)
+    sel = as_selection(features)
     counts = RunCounts()
     with FeatureDB(db_path) as db, _deadline(client, deadline):
         rows: dict[int, dict] = {}

@@ -143,7 +143,8 @@ def _run_evaluate(ctx: RunContext) -> dict:
 
 def _run_examples(ctx: RunContext) -> dict:
     from autointerp.featuredb import FeatureDB
-    from autointerp.interpret import dictionary_name, prepare_features
+    from autointerp.dictionary_folder import dictionary_name
+    from autointerp.interpret import prepare_features
 
     ecfg = ctx.cfg.examples.job()
     out = {}
@@ -165,6 +166,7 @@ def _check_deadline(stage: str, counts, deadline: float | None) -> None:
 
 def _run_explain(ctx: RunContext) -> dict:
     from autointerp import interpret
+    from autointerp.selection import FeatureSelection
     from autointerp.featuredb import FeatureDB
 
     x = ctx.cfg.explain
@@ -173,7 +175,7 @@ def _run_explain(ctx: RunContext) -> dict:
             baseline = name == interpret.BASELINE_EXPLAINER
             count = x.features if baseline else x.llm_features
             counts = interpret.explain(ctx.run.db, folder, name, client=None if baseline else ctx.client(),
-                                       features=interpret.FeatureSelection(count=count) if count else None,
+                                       features=FeatureSelection(count=count) if count else None,
                                        concurrency=x.concurrency, progress=ctx.progress,
                                        deadline=None if baseline else x.client.deadline_s)
             _check_deadline("explain", counts, None if baseline else x.client.deadline_s)

@@ -303,9 +303,9 @@ def _load_model(spec: str, dtype: str, device: str):
 
 def _dictionary_model(dictionary_dir: str | Path, device: str):
     """``(provenance, loaded model)`` of a dictionary: the model its activations came from."""
-    from autointerp.interpret import _provenance
+    from autointerp.dictionary_folder import provenance
 
-    prov = _provenance(dictionary_dir)
+    prov = provenance(dictionary_dir)
     return prov, _load_model(prov["model"]["spec"], prov["model"].get("dtype", "float32"), device)
 
 
@@ -369,7 +369,7 @@ def fire_on_text(run: str | Path | RunFolder, text: str, n: int = 10, dictionary
                  device: str = "cpu") -> list[FiringFeature]:
     """The ``n`` features with the largest activation on ``text`` over the run's dictionaries
     (or the one named ``dictionary``), largest first; latents that never fire are left out."""
-    from autointerp.interpret import dictionary_name
+    from autointerp.dictionary_folder import dictionary_name
 
     run = as_run(run)
     if not text or not text.strip():

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from autointerp import interpret
+from autointerp.dictionary_folder import dictionary_name, model_spec
 from autointerp.featuredb import FeatureDB
 from autointerp.runfolder import RunFolder
 from autointerp.scorers.metrics import bootstrap_ci
@@ -78,7 +79,7 @@ def make_client(args: argparse.Namespace, dictionary_dir: Path, cache_path: Path
     if args.endpoint:
         return OpenAICompatibleClient(args.endpoint, args.endpoint_model, api_key_env=args.api_key_env,
                                       concurrency=args.batch_size, cache=cache)
-    return LocalClient(interpret.model_spec(dictionary_dir), batch_size=args.batch_size, cache=cache)
+    return LocalClient(model_spec(dictionary_dir), batch_size=args.batch_size, cache=cache)
 
 
 def table(db: FeatureDB, dictionary: str) -> list[dict]:
@@ -206,7 +207,7 @@ def main() -> None:
         src.close()
     json_path = Path(args.json) if args.json else db_path.with_suffix(".json")
     timings = json.loads(json_path.read_text())["timings"] if json_path.exists() else []
-    name = interpret.dictionary_name(dictionary_dir)
+    name = dictionary_name(dictionary_dir)
     with FeatureDB(db_path) as db:
         latents = select_latents(db, name, args.features, args.select_by or None)
     client = None

@@ -3,8 +3,9 @@
 Depends only on torch, einops, safetensors and tqdm (plotly optionally, for
 :func:`metrics.density_histogram_figure`); never on ``autointerp`` or TransformerLens.
 
-* :mod:`.base` - :class:`DictionaryConfig`, :class:`Dictionary` (``encode`` / ``decode`` /
-  ``forward -> DictionaryOutput``), the architecture registry (:func:`register`, :func:`build`).
+* :mod:`.config` - :class:`DictionaryConfig` and the architecture registry (:func:`register`,
+  :func:`build`);
+* :mod:`.base` - :class:`Dictionary` (``encode`` / ``decode`` / ``forward -> DictionaryOutput``).
 * Architectures, one file each: :mod:`.relu`, :mod:`.topk`, :mod:`.batchtopk`, :mod:`.jumprelu`.
 * :mod:`.train_config` - :class:`DictionarySpec`, :class:`TrainConfig` and the results and errors
   of training;
@@ -16,7 +17,8 @@ Depends only on torch, einops, safetensors and tqdm (plotly optionally, for
 """
 
 from . import batchtopk, jumprelu, relu, topk  # noqa: F401  (register the built-in architectures)
-from .base import REGISTRY, Dictionary, DictionaryConfig, DictionaryOutput, Latents, build, register
+from .base import Dictionary, DictionaryOutput, Latents
+from .config import REGISTRY, DictionaryConfig, build, register
 from .batchtopk import BatchTopKDictionary
 from .data import BatchSource, TensorBatchSource
 from .io import load, save

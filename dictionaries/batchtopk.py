@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import DictionaryConfig, Latents, register
+from .base import Latents
+from .config import DictionaryConfig, register
 from .kernels import Selection
 from .topk import AuxKMixin
 

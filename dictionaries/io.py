@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .base import Dictionary, DictionaryConfig, build
+from .base import Dictionary
+from .config import DictionaryConfig, build
 
 __all__ = ["CONFIG_FILE", "FORMAT_VERSION", "WEIGHTS_FILE", "load", "save", "write_json_atomic"]
 

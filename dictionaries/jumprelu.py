@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Dictionary, DictionaryConfig, Latents, register
+from .base import Dictionary, Latents
+from .config import DictionaryConfig, register
 
 __all__ = ["JumpReLUDictionary", "jumprelu", "step"]
 

@@ -17,7 +17,8 @@ import einops
 import torch
 from torch import Tensor
 
-from .base import Dictionary, Latents, register
+from .base import Dictionary, Latents
+from .config import register
 
 __all__ = ["ReLUDictionary"]
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Dictionary, DictionaryConfig, Latents, register
+from .base import Dictionary, Latents
+from .config import DictionaryConfig, register
 from .kernels import Selection, decode_selected
 
 __all__ = ["AuxKMixin", "TopKDictionary"]

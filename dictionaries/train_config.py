@@ -13,7 +13,8 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from .base import Dictionary, DictionaryConfig, DictionaryOutput
+from .base import Dictionary, DictionaryOutput
+from .config import DictionaryConfig
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 

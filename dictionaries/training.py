@@ -38,7 +38,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import distributed as ddp
-from .base import Dictionary, DictionaryOutput, build
+from .base import Dictionary, DictionaryOutput
+from .config import build
 from .data import BatchSource
 from .io import save, write_json_atomic
 from .run_state import Checkpoints, RunState

@@ -8,10 +8,11 @@ import pytest
 
 from autointerp.activations import CacheConfig, cache_activations
 from autointerp.examples import ExamplesConfig
+from autointerp.dictionary_folder import dictionary_name
 from autointerp.featuredb import FeatureDB
-from autointerp.interpret import (
-    FeatureSelection, dictionary_name, explain, parse_feature_selection, prepare_features, score, summary)
+from autointerp.interpret import explain, prepare_features, score, summary
 from autointerp.llm import OpenAICompatibleClient
+from autointerp.selection import FeatureSelection, parse_feature_selection
 from autointerp.training import TrainJob, train_from_cache
 from fake_openai_server import FakeOpenAIServer, Reply
 from helpers import run_cli, small_dictionary

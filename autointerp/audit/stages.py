@@ -215,13 +215,13 @@ def _dictionary(ctx: AuditContext):
     """``(folder, input hook point, dictionary)`` of the suspect run's dictionary."""
     import dictionaries as dl
     from autointerp.diff import _dictionary_dir
-    from autointerp.interpret import _provenance
+    from autointerp.dictionary_folder import provenance
     from autointerp.runfolder import RunFolder
 
     ddir = _dictionary_dir(RunFolder(ctx.out), None)
     d = dl.load(ddir, device=ctx.settings.device)
     d.eval()
-    return ddir, _provenance(ddir)["input_hookpoint"], d
+    return ddir, provenance(ddir)["input_hookpoint"], d
 
 
 def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int]], threshold: dict) -> dict:
@@ -261,7 +261,7 @@ def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int
         for f in feats:
             f["causal"] = by.get(f["latent"])
     from autointerp.behaviour import _name_features
-    from autointerp.interpret import dictionary_name
+    from autointerp.dictionary_folder import dictionary_name
 
     _name_features(run, dictionary_name(ddir), feats)
     return {"features": feats, "causal": check}

@@ -80,12 +80,12 @@ def _run_sources(run: RunFolder, dictionary: str | None) -> dict:
     """What the run provides: suspect spec and dtype, corpus and text field, dictionary and hook."""
     from autointerp.activations import read_manifest
     from autointerp.diff import _dictionary_dir
-    from autointerp.interpret import _provenance
+    from autointerp.dictionary_folder import provenance
 
     if not run.dictionary_dirs():
         return {}
     ddir = _dictionary_dir(run, dictionary)
-    prov = _provenance(ddir)
+    prov = provenance(ddir)
     hook = prov["input_hookpoint"]
     manifest = read_manifest(Path(prov["caches"][hook]["folder"]))
     out = {"suspect": prov["model"]["spec"], "dtype": prov["model"].get("dtype", "float32"),
@@ -123,7 +123,7 @@ def behaviour_diff(run_dir: str | Path, base: str, *, suspect: str | None = None
     d, hook, dname = None, src.get("hook"), None
     if src.get("ddir") is not None:
         import dictionaries as dl
-        from autointerp.interpret import dictionary_name
+        from autointerp.dictionary_folder import dictionary_name
 
         d, dname = dl.load(src["ddir"], device=device), dictionary_name(src["ddir"])
         d.eval()

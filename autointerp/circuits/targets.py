@@ -40,12 +40,12 @@ class Spliced:
 
 
 def _run_dictionaries(run: RunFolder, names: list[str] | None) -> list[tuple[str, Path, dict]]:
-    from autointerp.interpret import _provenance, dictionary_name
+    from autointerp.dictionary_folder import dictionary_name, provenance
 
     dirs = run.dictionary_dirs()
     if not dirs:
         raise CircuitError(f"{run.root} has no dictionary (looked in {run.dictionaries})")
-    found = {dictionary_name(d): (d, _provenance(d)) for d in dirs}
+    found = {dictionary_name(d): (d, provenance(d)) for d in dirs}
     if names is not None:
         unknown = [n for n in names if n not in found]
         if unknown:

@@ -38,7 +38,7 @@ def _make_client(args: argparse.Namespace, concurrency: int = 1):
     if args.endpoint is None:
         if args.endpoint_model or args.api_key_env or args.endpoint_tokenizer:
             raise UserError("--endpoint-model, --api-key-env and --endpoint-tokenizer need --endpoint")
-        from autointerp.interpret import model_spec
+        from autointerp.dictionary_folder import model_spec
         from autointerp.llm import LocalClient
 
         return LocalClient(args.model or model_spec(args.dictionary), device=args.device, batch_size=max(1, concurrency))
@@ -77,11 +77,12 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
 def cmd_explain(args: argparse.Namespace) -> int:
     """Collect held-out examples into the feature store and explain every live feature not yet explained."""
     from autointerp import interpret
+    from autointerp.selection import parse_feature_selection
 
     _threads(args.threads)
     db = _db_path(args)
     try:
-        sel = interpret.parse_feature_selection(args.features) if args.features else None
+        sel = parse_feature_selection(args.features) if args.features else None
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     interpret.prepare_features(args.dictionary, db, features=sel, device=args.device)
@@ -108,13 +109,14 @@ def _score_args(p: argparse.ArgumentParser) -> None:
 def cmd_score(args: argparse.Namespace) -> int:
     """Score the stored explanations on held-out contexts, with random-explanation and baseline controls."""
     from autointerp import interpret
+    from autointerp.selection import parse_feature_selection
 
     _threads(args.threads)
     db = _db_path(args)
     if not db.exists():
         raise UserError(f"{db} does not exist: run `autointerp explain` first")
     try:
-        sel = interpret.parse_feature_selection(args.features) if args.features else None
+        sel = parse_feature_selection(args.features) if args.features else None
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     client = None if args.scorer == "embedding" else _make_client(args)

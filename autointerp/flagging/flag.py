@@ -137,7 +137,7 @@ class _Dictionary:
     def __init__(self, folder: Path, db: FeatureDB, device: str) -> None:
         import dictionaries as dl
         from autointerp.data import ExclusionRules
-        from autointerp.interpret import dictionary_name
+        from autointerp.dictionary_folder import dictionary_name
         from autointerp.search import _dictionary_model
 
         self.folder, self.name, self.device = folder, dictionary_name(folder), device

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..base import Dictionary, DictionaryConfig, build
+from ..base import Dictionary
+from ..config import DictionaryConfig, build
 
 
 def _assemble(cfg: DictionaryConfig, tensors: dict[str, Tensor], dtype: torch.dtype) -> Dictionary:

@@ -43,7 +43,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..base import Dictionary, DictionaryConfig
+from ..base import Dictionary
+from ..config import DictionaryConfig
 from ..io import state_tensors, write_json_atomic
 from ._common import _assemble, _read_json, _require, _unit_rows
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..base import Dictionary, DictionaryConfig
+from ..base import Dictionary
+from ..config import DictionaryConfig
 from ._common import _assemble, _read_json, _require, _unit_rows
 
 SPARSIFY_CFG = "cfg.json"

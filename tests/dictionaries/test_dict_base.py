@@ -1,4 +1,5 @@
-"""Config validation, registry, bad inputs and files of :mod:`dictionaries.base` / :mod:`dictionaries.io`."""
+"""Config validation, registry, bad inputs and files of :mod:`dictionaries.config`,
+:mod:`dictionaries.base` and :mod:`dictionaries.io`."""
 
 from __future__ import annotations
 
