@@ -167,6 +167,9 @@ def test_trigger_absent_from_the_corpus_is_recovered_from_the_models(pair, witho
     html = (pair["root"] / "a-without" / "report.html").read_text()
     assert "(triggers: scan " in html and "Grown from its anchor: " in html
     assert trig["grow"][0]["path"][0]["ids"] == [trig["weight_top"][0]["id"]]
+    tried = trig["grow"][0]["screened"]
+    assert [c["screen_kl"] for c in tried] == sorted((c["screen_kl"] for c in tried), reverse=True)
+    assert all(p["ids"] in [c["ids"] for c in tried] for p in trig["grow"][0]["path"])
 
 
 def test_benign_restyle_is_not_flagged(pair):

@@ -175,7 +175,9 @@ def stage_triggers(ctx: AuditContext) -> dict:
                                                       for t in scan.pool(s.pool)],
               "weight_top": [{"id": t, "token": pair.tokenizer.decode([t]), "weight_score": float(scan.weight_score[t])}
                              for t in _top(scan.weight_score, s.pool)],
-              "grow": [{k: g[k] for k in ("ids", "text", "screen_kl", "path", "steps")} for g in grown],
+              # every string growth screened, best first: a miss can be read from the file
+              "grow": [{**{k: g[k] for k in ("ids", "text", "screen_kl", "path", "steps")},
+                        "screened": sorted(g["screened"], key=lambda c: -c["screen_kl"])} for g in grown],
               "screened": found.screened + sum(len(g["screened"]) for g in grown), "gradient_search": gcg, "screen_baseline_kl": found.baseline_kl,
               "screen_top": found.candidates[:10], "threshold": conf.threshold, "clean_success": conf.clean_success,
               "held_out_prompts": [i for i, _ in held], "held_out_texts": [pair.tokenizer.decode(u) for _, u in held],
