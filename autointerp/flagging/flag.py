@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from autointerp.featuredb import FeatureDB
-from autointerp.flagging import framing
+from autointerp.flagging import framing as fr
 from autointerp.flagging import nulls as nl
 from autointerp.flagging import signals as sg
 from autointerp.flagging.watchlist import Concept, Watchlist, load_watchlist
@@ -92,13 +92,13 @@ class FlagSettings:
     def __post_init__(self) -> None:
         if self.candidates < 0 or self.null_features < 2 or self.permutations < 1:
             raise ValueError(f"need candidates >= 0, null_features >= 2, permutations >= 1; got {self}")
-        framing.check_chat_mode(self.chat)
+        fr.check_chat_mode(self.chat)
 
     def framing(self, tokenizer) -> str:
         """``"chat"`` or ``"plain"``: what :attr:`chat` resolves to for ``tokenizer``; a
         :class:`FlagError` for ``"on"`` and a tokenizer without a chat template."""
         try:
-            return "chat" if framing.resolve_chat(self.chat, tokenizer) else "plain"
+            return "chat" if fr.resolve_chat(self.chat, tokenizer) else "plain"
         except ValueError as exc:
             raise FlagError(str(exc)) from exc
 
