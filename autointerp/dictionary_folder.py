@@ -8,7 +8,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from autointerp.explainers import token_counts
 from autointerp.training import PROVENANCE
 
 
@@ -44,6 +43,7 @@ def load_tokenizer(dictionary_dir: str | Path):
 def heldout_token_counts(dictionary_dir: str | Path) -> Counter[int]:
     """Token counts of the held-out contexts of the dictionary's cache (the baseline's corpus)."""
     from autointerp.activations import load_shard, read_manifest
+    from autointerp.explainers import token_counts
 
     prov = provenance(dictionary_dir)
     folder = Path(prov["caches"][prov["input_hookpoint"]]["folder"])
