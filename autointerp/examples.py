@@ -40,7 +40,6 @@ puts the first ``ceil(n * explain_fraction)`` examples in ``"explain"`` and the 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Iterator
@@ -55,7 +54,7 @@ from tqdm.auto import tqdm
 
 import dictionaries as dl
 from autointerp.activations import load_shard, read_manifest
-from autointerp.training import PROVENANCE
+from autointerp.dictionary_folder import provenance
 
 Split = Literal["explain", "score"]
 Kind = Literal["top", "quantile", "random"]
@@ -217,10 +216,7 @@ class _Source:
 
 def _open_source(dictionary_dir: str | Path, device: str) -> _Source:
     path = Path(dictionary_dir)
-    prov_file = path / PROVENANCE
-    if not prov_file.exists():
-        raise FileNotFoundError(f"{path} has no {PROVENANCE}: not a dictionary trained by `autointerp train`")
-    prov = json.loads(prov_file.read_text())
+    prov = provenance(path)
     cache = prov["caches"][prov["input_hookpoint"]]
     folder = Path(cache["folder"])
     manifest = read_manifest(folder)
