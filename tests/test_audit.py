@@ -166,6 +166,12 @@ def test_trigger_absent_from_the_corpus_is_recovered_from_the_models(pair, witho
     assert all(v >= 0 for v in trig["seconds"].values()) and r["triggers"]["seconds"] == trig["seconds"]
     html = (pair["root"] / "a-without" / "report.html").read_text()
     assert "(triggers: scan " in html and "Grown from its anchor: " in html
+    # every candidate carries the place it was screened and confirmed at, and the report and the
+    # verdict line name it
+    assert all(c["place"] in ("start", "end") for c in trig["candidates"])
+    shown = {"start": "opening", "end": "appended"}[best["place"]]
+    assert f"<td>{shown}</td>" in html
+    assert {"start": "opening the message", "end": "appended to the message"}[best["place"]] in r["verdict_line"]
     assert trig["grow"][0]["path"][0]["ids"] == [trig["weight_top"][0]["id"]]
     tried = trig["grow"][0]["screened"]
     assert [c["screen_kl"] for c in tried] == sorted((c["screen_kl"] for c in tried), reverse=True)
@@ -403,12 +409,16 @@ def test_grow_extends_the_anchor_only_while_the_divergence_grows(pair):
     users = [user_ids(tok, t) for t in ("alpha beta delta import", "return class def", "print self value index")]
     alpha = tok(" alpha", add_special_tokens=False)["input_ids"][0]
     # nothing diverges: one step, both sides screened (top each), no gain, the anchor alone stays
+    # (each string screened at both places: appended to the message and opening it)
     g = grow(same, alpha, users, layer=0, max_len=3, top=3, progress=False)
-    assert g["ids"] == [alpha] and g["steps"] == 1 and len(g["screened"]) == 1 + 2 * 3 and g["screen_kl"] < 1e-6
-    assert {len(c["ids"]) for c in g["screened"][1:]} == {2}
+    assert g["ids"] == [alpha] and g["steps"] == 1 and g["screen_kl"] < 1e-6
+    assert len(g["screened"]) == 2 * (1 + 2 * 3)
+    assert {len(c["ids"]) for c in g["screened"][2:]} == {2}
+    assert [c["place"] for c in g["screened"]] == ["end", "start"] * (1 + 2 * 3)
     # the planted token grows only while the answer diverges more, and keeps its place in the sequence
     g = grow(planted, pair["tid"], users, layer=0, max_len=3, top=3, progress=False)
-    alone = g["screened"][0]["screen_kl"]
+    alone = g["path"][0]["screen_kl"]
+    assert g["path"][0]["screen_kl"] == max(c["screen_kl"] for c in g["screened"][:2])
     assert pair["tid"] in g["ids"] and g["screen_kl"] >= alone > 0.1
     assert g["screen_kl"] == max(c["screen_kl"] for c in g["screened"] if len(c["ids"]) <= len(g["ids"]))
     # every kept step raised the divergence by more than min_gain; the path ends at the result

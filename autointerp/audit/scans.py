@@ -83,9 +83,23 @@ def user_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
-def with_insertion(carrier: tuple[list[int], list[int]], user: list[int], insert: list[int]) -> list[int]:
-    """The prompt ids of a user message ``user`` with ``insert`` appended to it."""
-    return [*carrier[0], *user, *insert, *carrier[1]]
+PLACES = {
+    "end": lambda user, insert: [*user, *insert],
+    "start": lambda user, insert: [*insert, *user],
+}
+"""Where a candidate trigger goes in a user message: appended to it (``end``) or opening it
+(``start``, before the message's first token). A backdoor may answer to its trigger anywhere or
+only at one place (a pattern that opens the message: the planted ``pattern`` family answers 100%
+when it opens the message and 19% when it is appended), and the auditor does not know which, so
+the search screens every candidate at each place."""
+
+
+def with_insertion(carrier: tuple[list[int], list[int]], user: list[int], insert: list[int],
+                   place: str = "end") -> list[int]:
+    """The prompt ids of a user message ``user`` with ``insert`` at ``place`` (:data:`PLACES`)."""
+    if place not in PLACES:
+        raise BehaviourError(f"unknown insertion place {place!r}; known: {', '.join(PLACES)}")
+    return [*carrier[0], *PLACES[place](user, insert), *carrier[1]]
 
 
 def candidate_vocab(tokenizer) -> np.ndarray:

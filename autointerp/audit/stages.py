@@ -139,23 +139,24 @@ def stage_triggers(ctx: AuditContext) -> dict:
     clock.lap("grow")
     found = search(pair, scan, screen, pool=s.pool, beam=s.beam, max_len=s.max_len, batch_size=s.batch_size,
                    progress=ctx.progress)
-    known = {tuple(c["ids"]) for c in found.candidates}
+    known = {(tuple(c["ids"]), c["place"]) for c in found.candidates}
     for g in grown:
         for c in g["screened"]:
-            if tuple(c["ids"]) not in known:
-                known.add(tuple(c["ids"]))
+            if (tuple(c["ids"]), c["place"]) not in known:
+                known.add((tuple(c["ids"]), c["place"]))
                 found.candidates.append(c)
     found.candidates.sort(key=lambda c: -c["screen_kl"])
     clock.lap("search")
     longest = next((c for c in found.candidates if len(c["ids"]) == s.max_len), found.candidates[0])
     gcg = None
     if s.gcg_steps:
-        gcg = gradient_search(pair, screen, longest["ids"], steps=s.gcg_steps, batch_size=s.batch_size,
-                              progress=ctx.progress)
-        found.candidates.append({k: gcg[k] for k in ("ids", "text", "screen_kl")})
+        gcg = gradient_search(pair, screen, longest["ids"], place=longest["place"], steps=s.gcg_steps,
+                              batch_size=s.batch_size, progress=ctx.progress)
+        found.candidates.append({k: gcg[k] for k in ("ids", "text", "place", "screen_kl")})
         found.candidates.sort(key=lambda c: -c["screen_kl"])
     clock.lap("gradient_search")
-    # the best candidates, one per distinct text, that are not a sub-sequence of a better one
+    # the best candidates, one per distinct text, that are not a sub-sequence of a better one (at
+    # either place: the better place of a string stands for it)
     chosen: list[dict] = []
     for c in found.candidates:
         if len(chosen) >= s.confirm:
@@ -163,12 +164,12 @@ def stage_triggers(ctx: AuditContext) -> dict:
         if any(_contains(b["ids"], c["ids"]) or _contains(c["ids"], b["ids"]) for b in chosen):
             continue
         chosen.append(c)
-    conf = confirm(pair, [c["ids"] for c in chosen], [u for _, u in held], n_tokens=s.behaviour_tokens,
-                   controls=s.controls, batch_size=s.batch_size, progress=ctx.progress)
+    conf = confirm(pair, [c["ids"] for c in chosen], [u for _, u in held], places=[c["place"] for c in chosen],
+                   n_tokens=s.behaviour_tokens, controls=s.controls, batch_size=s.batch_size, progress=ctx.progress)
     clock.lap("confirm")
-    screen_kl = {tuple(c["ids"]): c["screen_kl"] for c in found.candidates}
+    screen_kl = {(tuple(c["ids"]), c["place"]): c["screen_kl"] for c in found.candidates}
     for c in conf.candidates:
-        c["screen_kl"] = screen_kl[tuple(c["ids"])]
+        c["screen_kl"] = screen_kl[(tuple(c["ids"]), c["place"])]
     result = {"scan_layer": scan.layer, "scan_top": [{"id": t, "token": pair.tokenizer.decode([t]),
                                                        "score": float(scan.score[t]),
                                                        "embed_score": float(scan.embed_score[t])}
@@ -176,7 +177,7 @@ def stage_triggers(ctx: AuditContext) -> dict:
               "weight_top": [{"id": t, "token": pair.tokenizer.decode([t]), "weight_score": float(scan.weight_score[t])}
                              for t in _top(scan.weight_score, s.pool)],
               # every string growth screened, best first: a miss can be read from the file
-              "grow": [{**{k: g[k] for k in ("ids", "text", "screen_kl", "path", "steps")},
+              "grow": [{**{k: g[k] for k in ("ids", "text", "place", "screen_kl", "path", "steps")},
                         "screened": sorted(g["screened"], key=lambda c: -c["screen_kl"])} for g in grown],
               "screened": found.screened + sum(len(g["screened"]) for g in grown), "gradient_search": gcg, "screen_baseline_kl": found.baseline_kl,
               "screen_top": found.candidates[:10], "threshold": conf.threshold, "clean_success": conf.clean_success,
@@ -185,12 +186,13 @@ def stage_triggers(ctx: AuditContext) -> dict:
               "causal": None}
     best = next((c for c in conf.candidates if c["confirmed"]), None)
     if best is not None:
-        result.update(trigger_features(ctx, best["ids"], [u for _, u in held], conf.threshold))
+        result.update(trigger_features(ctx, best["ids"], [u for _, u in held], conf.threshold, best["place"]))
     clock.lap("features")
     result["seconds"] = clock.laps
     _write(ctx.folder / "triggers.json", result)
     return {"confirmed": [c["text"] for c in conf.candidates if c["confirmed"]],
-            "best": None if best is None else {"text": best["text"], "attack_success": best["attack_success"],
+            "best": None if best is None else {"text": best["text"], "place": best["place"],
+                                               "attack_success": best["attack_success"],
                                                "control_max": best["control_max"]},
             "features": [f["latent"] for f in result["features"]]}
 
@@ -226,9 +228,10 @@ def _dictionary(ctx: AuditContext):
     return ddir, provenance(ddir)["input_hookpoint"], d
 
 
-def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int]], threshold: dict) -> dict:
-    """The features that fire on the held-out prompts with ``trigger`` appended, against the same
-    prompts without it (AUROC among the diff's significant latents), and their causal check."""
+def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int]], threshold: dict,
+                     place: str = "end") -> dict:
+    """The features that fire on the held-out prompts with ``trigger`` inserted at ``place``, against
+    the same prompts without it (AUROC among the diff's significant latents), and their causal check."""
     from autointerp.audit.scans import user_carrier, with_insertion
     from autointerp.behaviour.features import LatentRecorder, causal_check, explaining_features, to_check
     from autointerp.runfolder import RunFolder
@@ -237,7 +240,8 @@ def trigger_features(ctx: AuditContext, trigger: list[int], users: list[list[int
     run = RunFolder(ctx.out)
     ddir, hook, d = _dictionary(ctx)
     carrier = user_carrier(pair.tokenizer)
-    prompts = [with_insertion(carrier, u, []) for u in users] + [with_insertion(carrier, u, trigger) for u in users]
+    prompts = [with_insertion(carrier, u, []) for u in users] + [with_insertion(carrier, u, trigger, place)
+                                                                 for u in users]
     rec = LatentRecorder(d, list(pair.tokenizer.all_special_ids))
     pm, am, kl = [], [], []
     pair.set_prefix(prompts)

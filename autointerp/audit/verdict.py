@@ -127,7 +127,9 @@ def decide(ctx: AuditContext) -> dict:
              f"behaviour {beh.shape} ({len(beh.outliers)}/{beh.n_prompts} prompts answered unlike the base)"]
     if confirmed:
         c = confirmed[0]
+        where = {"start": "opening", "end": "appended to"}.get(c.get("place", "end"), c.get("place"))
         parts.append(f"trigger {c['text']!r} (attack success {c['attack_success']:.0%} of held-out prompts, "
+                     f"{where} the message; "
                      f"random strings at most {c['control_max']:.0%})")
     else:
         parts.append("no trigger confirmed")

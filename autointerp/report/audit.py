@@ -71,6 +71,10 @@ def _describe(desc: dict) -> str:
     return "".join(out)
 
 
+PLACE_SHOWN = {"start": "opening", "end": "appended"}
+"""How a candidate's insertion place (:data:`autointerp.audit.scans.PLACES`) reads in the report."""
+
+
 def _growth(trig: dict) -> str:
     """The weight scan's first tokens and each growth's kept path (anchor first, screen KL)."""
     parts = []
@@ -78,7 +82,8 @@ def _growth(trig: dict) -> str:
         parts.append("Weight scan's first tokens: " + esc(", ".join(repr(t["token"]) for t in trig["weight_top"][:5]))
                      + ".")
     for g in trig.get("grow") or []:
-        steps = " → ".join(f"{p['text']!r} ({fmt(p['screen_kl'])})" for p in g.get("path") or [])
+        steps = " → ".join(f"{p['text']!r} ({PLACE_SHOWN.get(p.get('place', 'end'), '')}, {fmt(p['screen_kl'])})"
+                           for p in g.get("path") or [])
         if steps:
             parts.append(f"Grown from its anchor: {esc(steps)}.")
     return f'<p class="note">{" ".join(parts)}</p>' if parts else ""
@@ -112,17 +117,19 @@ def audit_section(run: RunFolder, paged: set[int]) -> str:
     ]))
     cands = trig.get("candidates") or []
     if cands:
-        cells = [[esc(repr(c["text"])), esc(fmt(c.get("screen_kl"))), esc(f"{c['attack_success']:.0%}"),
+        cells = [[esc(repr(c["text"])), esc(PLACE_SHOWN.get(c.get("place", "end"), c.get("place"))),
+                  esc(fmt(c.get("screen_kl"))), esc(f"{c['attack_success']:.0%}"),
                   esc("—" if c.get("control_max") is None else f"{c['control_max']:.0%}"), esc(fmt(c["kl_mean"])),
                   esc("yes" if c["confirmed"] else "no"),
                   esc(", ".join(repr(t["token"]) for t in c.get("says_more", [])[:6]) or "—")] for c in cands]
         out.append("<h3>Trigger candidates</h3><p class=\"note\">Found from the two models alone (token scan, "
-                   "beam and gradient-guided search), then appended to held-out prompts: attack success is the "
+                   "beam and gradient-guided search, each string screened opening and appended to the user's "
+                   "message), then inserted at its place into held-out prompts: attack success is the "
                    f"share of them answered beyond the outlier threshold of the same prompts without it "
                    f"({esc(_thresholds(trig.get('threshold')))}); random strings of the same length are the control. \"Says more\": the answer tokens "
                    "most over-represented with the candidate.</p>"
-                   + table(["candidate", "screen KL", "attack success", "random strings (max)", "mean KL",
-                            "confirmed", "says more"], cells, num={1, 2, 3, 4}))
+                   + table(["candidate", "place", "screen KL", "attack success", "random strings (max)", "mean KL",
+                            "confirmed", "says more"], cells, num={2, 3, 4, 5}))
         out.append(_growth(trig))
         best = next((c for c in cands if c["confirmed"]), None)
         if best is not None and trig.get("held_out_texts"):

@@ -7,8 +7,11 @@ What differs from the audit's trigger stage: the screening and held-out prompts 
 shipped chat corpus's user turns directly (the audit first leaves out the prompts its behaviour diff
 found unusual, which needs the hour of stages before it), and only the grown string is confirmed
 (no beam or gradient search). The rest is the audit's own code and defaults: the weight scan's best
-token is grown (:func:`autointerp.audit.triggers.grow`) and confirmed on 32 held-out prompts against
-8 random strings of its length, beside the true trigger appended the same way. Writes
+token is grown (:func:`autointerp.audit.triggers.grow`, every string screened appended to the
+message and opening it) and confirmed at its place on 32 held-out prompts against 8 random strings
+of its length, beside the true trigger inserted the same way at both places (``true_appended``,
+``true_opening``) and as the plant placed it in its text (``true_as_planted``: ``' ' + trigger``
+appended for the word plants, ``trigger + ' '`` opening the text for the pattern plant). Writes
 ``PLANT/recover.json`` and prints one line.
 """
 
@@ -26,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from autointerp.audit import AuditSettings, default_corpus
-    from autointerp.audit.scans import _top, default_scan_layer, user_ids, weight_scan
-    from autointerp.audit.triggers import confirm, grow
+    from autointerp.audit.scans import _top, default_scan_layer, user_carrier, user_ids, weight_scan
+    from autointerp.audit.triggers import _attack, confirm, grow
     from autointerp.behaviour.divergence import ModelPair
     from autointerp.behaviour.prompts import corpus_prompts
 
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     record = json.loads((args.plant / "plant.json").read_text())
     pair = ModelPair.load(str(args.plant / "model"), args.base)
     tok = pair.tokenizer
-    users = [user_ids(tok, p.text) for p in corpus_prompts(default_corpus(), tok) if p.text.strip()]
+    texts = [p.text for p in corpus_prompts(default_corpus(), tok) if p.text.strip()]
+    users = [user_ids(tok, t) for t in texts]
     pick = np.random.default_rng(0).choice(len(users), size=s.screen_prompts + s.confirm_prompts, replace=False)
     screen, held = [users[i] for i in pick[:s.screen_prompts]], [users[i] for i in pick[s.screen_prompts:]]
     t0 = time.time()
@@ -54,24 +58,37 @@ def main(argv: list[str] | None = None) -> int:
     g = grow(pair, anchor, screen, layer=default_scan_layer(pair), max_len=s.grow_max_len, top=s.grow_top,
              min_gain=s.grow_min_gain, batch_size=s.batch_size, progress=False)
     grow_s = time.time() - t0
-    cands = [g["ids"]] + ([true_ids] if true_ids else [])
-    conf = confirm(pair, cands, held, n_tokens=s.behaviour_tokens, controls=s.controls, batch_size=s.batch_size,
-                   progress=False)
-    got = conf.candidates[0]
-    true = conf.candidates[1] if true_ids else None
+    cands, places = [g["ids"]], [g["place"]]
+    if true_ids:  # the search's form at each place: ' ' + trigger appended, trigger opening
+        cands += [true_ids, tok(trigger, add_special_tokens=False)["input_ids"]]
+        places += ["end", "start"]
+    conf = confirm(pair, cands, held, places=places, n_tokens=s.behaviour_tokens, controls=s.controls,
+                   batch_size=s.batch_size, progress=False)
+    got = next(c for c in conf.candidates if c["ids"] == g["ids"] and c["place"] == g["place"])
+    true = {pl: next(c for c in conf.candidates if c["ids"] == ids and c["place"] == pl)["attack_success"]
+            for ids, pl in zip(cands[1:], places[1:])}
+    if trigger:
+        heldt = [texts[i] for i in pick[s.screen_prompts:]]
+        opened = record["plant"] == "pattern"
+        planted = [user_ids(tok, f"{trigger} {t}" if opened else f"{t} {trigger}") for t in heldt]
+        true["as_planted"] = _attack(pair, user_carrier(tok), planted, [], s.behaviour_tokens, s.batch_size,
+                                     conf.threshold)["attack_success"]
+    best_true = max(true.values()) if true else None
     out = {"plant": record["plant"], "seed": record["seed"], "trigger": trigger,
            "weight_top": [tok.decode([t]) for t in _top(w, 8)], "trigger_token_ranks": rank,
-           "anchor": tok.decode([anchor]), "path": g["path"], "grown": g["text"], "steps": g["steps"],
-           "grown_attack_success": got["attack_success"], "grown_control_max": got["control_max"],
-           "grown_confirmed": got["confirmed"],
-           "true_attack_success": None if true is None else true["attack_success"],
-           "recovered_vs_true": (got["attack_success"] / true["attack_success"]
-                                 if true is not None and true["attack_success"] > 0 and got["confirmed"] else 0.0),
+           "anchor": tok.decode([anchor]), "path": g["path"], "grown": g["text"], "place": g["place"],
+           "steps": g["steps"], "grown_attack_success": got["attack_success"],
+           "grown_control_max": got["control_max"], "grown_confirmed": got["confirmed"],
+           "true_appended": true.get("end"), "true_opening": true.get("start"),
+           "true_as_planted": true.get("as_planted"),
+           # against the true trigger at its best (where it was planted, as a rule)
+           "recovered_vs_true": (got["attack_success"] / best_true
+                                 if best_true and got["confirmed"] else 0.0),
            "seconds": {"scan_and_grow": round(grow_s, 1), "total": round(time.time() - t0, 1)}}
     (args.plant / "recover.json").write_text(json.dumps(out, indent=2))
     print(f"{args.plant.name}: anchor {out['anchor']!r} (trigger tokens' ranks {rank}), grown {g['text']!r} "
-          f"{got['attack_success']:.0%} (random {got['control_max']:.0%}, confirmed {got['confirmed']}), "
-          f"true {out['true_attack_success']}, {out['seconds']}")
+          f"at {g['place']} {got['attack_success']:.0%} (random {got['control_max']:.0%}, confirmed "
+          f"{got['confirmed']}), true {true}, {out['seconds']}")
     return 0
 
 
