@@ -75,6 +75,9 @@ class AuditSettings:
     """longest grown candidate, in tokens (a multi-byte character is 2-3 byte-level tokens)."""
     grow_min_gain: float = 0.1
     """least relative rise of the screen's divergence that keeps a growth step."""
+    grow_companions: int = 8
+    """the weight scan's best tokens screened as neighbours at every growth step, beside the
+    reading scan's (0: none)."""
     pool: int = 16
     beam: int = 4
     max_len: int = 3

@@ -134,7 +134,8 @@ def stage_triggers(ctx: AuditContext) -> dict:
     clock.lap("scan")
     np.save(ctx.folder / "token_scan.npy", np.stack([scan.score, scan.embed_score, scan.weight_score]))
     grown = [grow(pair, a, screen, layer=scan.layer, max_len=s.grow_max_len, top=s.grow_top,
-                  min_gain=s.grow_min_gain, batch_size=s.batch_size, progress=ctx.progress)
+                  min_gain=s.grow_min_gain, weight=scan.weight_score, companions=s.grow_companions,
+                  batch_size=s.batch_size, progress=ctx.progress)
              for a in _top(scan.weight_score, s.grow_anchors)]
     clock.lap("grow")
     found = search(pair, scan, screen, pool=s.pool, beam=s.beam, max_len=s.max_len, batch_size=s.batch_size,

@@ -66,8 +66,8 @@ CONFIRM_MIN = 0.5
 
 
 def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, max_len: int = 6, top: int = 8,
-         complete: int = 4, min_gain: float = 0.1, places: tuple[str, ...] = tuple(PLACES), batch_size: int = 64,
-         progress: bool = True) -> dict:
+         complete: int = 4, min_gain: float = 0.1, weight: np.ndarray | None = None, companions: int = 8,
+         places: tuple[str, ...] = tuple(PLACES), batch_size: int = 64, progress: bool = True) -> dict:
     """Step 2(a) of the module docstring: grow ``anchor`` into a sequence of at most ``max_len``
     tokens over the screening user messages ``users``; a neighbour that leaves a character cut
     in two is screened only with the token that completes it (the ``complete`` best by the same
@@ -77,7 +77,21 @@ def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, ma
     little (+2% to +4% for the filler growth appended after the trigger's piece), so growth stops
     at the shortest string that works instead of running to ``max_len``. Every string is screened
     at each of ``places`` (:data:`~autointerp.audit.scans.PLACES`) and keeps the place it diverges
-    most at. Returns ``{"ids", "text", "place", "screen_kl", "screened": [{"ids", "text", "place",
+    most at.
+
+    With the weight scan's scores ``weight`` (``[V]``, :func:`~autointerp.audit.scans.weight_scan`),
+    two more moves, both because a trigger's pieces are the tokens the fine-tune learned to read,
+    which that scan ranks first (on the pattern plants its two best tokens were both pieces of the
+    trigger, a conjunction that only diverges whole: ``°‡`` opening the message 3.8 nats of first-token
+    KL, ``°`` 0.83 and ``‡`` 0.92, unrelated characters holding ``‡``'s byte 1.7):
+
+    * an anchor that is not a whole character (a byte of one) is first **mended** by the ``complete``
+      tokens that make it whole, ranked by ``weight``, the best screened kept whatever its gain (a
+      user can only type whole characters);
+    * every step also screens the weight scan's ``companions`` best tokens as neighbours on either
+      side (completed the same way when they cut a character), beside the reading scan's.
+
+    Returns ``{"ids", "text", "place", "screen_kl", "screened": [{"ids", "text", "place",
     "screen_kl"}, ...] (one row per string and place), "path": [the kept sequence after each step,
     {"ids", "text", "place", "screen_kl"}], "steps"}``."""
     chars = Characters(pair.tokenizer, candidate_vocab(pair.tokenizer))
@@ -87,11 +101,23 @@ def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, ma
     seq, place, best = first["ids"], first["place"], first["screen_kl"]
     path = [first]
     steps = 0
+    if weight is not None and not chars.whole(seq):
+        mended = [c for c in chars.complete(seq, weight, complete) if len(c) <= max_len]
+        if mended:
+            rows = screen(mended)
+            screened += rows
+            steps += 1
+            top_row = max(rows, key=lambda c: c["screen_kl"])
+            seq, place, best = top_row["ids"], top_row["place"], top_row["screen_kl"]
+            path.append(top_row)
+    near = [] if weight is None else _top(weight, companions)
     while len(seq) < max_len:
         left = reading_scan(pair, layer, after=seq, progress=progress, desc=f"grow {len(seq) + 1}: before")
         right = reading_scan(pair, layer, before=seq, progress=progress, desc=f"grow {len(seq) + 1}: after")
         cands = [c for t in _top(left, top) for c in chars.complete([t, *seq], left, complete)]
         cands += [c for t in _top(right, top) for c in chars.complete([*seq, t], right, complete)]
+        cands += [c for t in near for c in chars.complete([t, *seq], weight, complete)]
+        cands += [c for t in near for c in chars.complete([*seq, t], weight, complete)]
         cands = [list(c) for c in dict.fromkeys(map(tuple, cands)) if len(c) <= max_len]
         if not cands:
             break

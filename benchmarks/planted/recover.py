@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     rank = {tok.decode([t]): int(np.where(order == t)[0][0]) for t in dict.fromkeys(true_ids)}
     anchor = _top(w, 1)[0]
     g = grow(pair, anchor, screen, layer=default_scan_layer(pair), max_len=s.grow_max_len, top=s.grow_top,
-             min_gain=s.grow_min_gain, batch_size=s.batch_size, progress=False)
+             min_gain=s.grow_min_gain, weight=w, companions=s.grow_companions, batch_size=s.batch_size,
+             progress=False)
     grow_s = time.time() - t0
     cands, places = [g["ids"]], [g["place"]]
     if true_ids:  # the search's form at each place: ' ' + trigger appended, trigger opening

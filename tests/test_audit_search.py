@@ -1,9 +1,11 @@
-"""Where the trigger search inserts a candidate (:data:`autointerp.audit.scans.PLACES`).
+"""The trigger search's insertion places (:data:`autointerp.audit.scans.PLACES`) and its growth
+moves from the weight scan (anchor mending, companions).
 
 A tiny suspect is planted to answer with hostile words only when the trigger token *opens* the
-user's message; the same token appended to the message is distilled towards the base (no change).
-Searching only at the end of the message misses such a plant (the planted ``pattern`` family of
-``benchmarks/planted``); every search step screens both places and keeps the place that diverges.
+user's message; the same token appended to the message is trained to the base's own answers (no
+change). Searching only at the end of the message misses such a plant (the planted ``pattern``
+family of ``benchmarks/planted``); every search step screens both places and keeps the place that
+diverges.
 """
 
 from __future__ import annotations
@@ -178,3 +180,48 @@ def test_gradient_search_at_the_start_keeps_its_place(opening):
     assert start["place"] == "start" and end["place"] == "end"
     assert start["history"][0] > end["history"][0] + 2  # the same string, screened where it was planted
     assert all(b >= a for a, b in zip(start["history"], start["history"][1:]))
+
+
+def test_growth_screens_the_weight_scan_s_best_tokens_as_neighbours(opening):
+    """An anchor that is not the trigger: the reading scan's single neighbour (``top=1``) is one
+    token, and the trigger, the weight scan's second token, joins as a companion."""
+    import numpy as np
+
+    from autointerp.audit.triggers import grow
+
+    p, tid = opening["pair"], opening["tid"]
+    alpha = p.tokenizer(" alpha", add_special_tokens=False)["input_ids"][0]
+    weight = np.zeros(p.suspect.get_input_embeddings().weight.shape[0])
+    weight[[alpha, tid]] = [2.0, 1.0]
+    g = grow(p, alpha, opening["users"], layer=0, max_len=2, top=1, weight=weight, companions=2, progress=False)
+    rows = {(tuple(c["ids"]), c["place"]): c["screen_kl"] for c in g["screened"]}
+    assert ((tid, alpha), "start") in rows and ((alpha, tid), "end") in rows  # both sides, both places
+    assert g["ids"] == [tid, alpha] and g["place"] == "start", g["path"]
+    assert g["screen_kl"] == max(rows.values())
+    # without companions only the reading scan's neighbours are screened
+    plain = grow(p, alpha, opening["users"], layer=0, max_len=2, top=1, progress=False)
+    assert len(plain["screened"]) < len(g["screened"])
+
+
+def test_an_anchor_that_cuts_a_character_is_mended_first_whatever_its_gain(opening):
+    """``‡`` is two byte-level tokens (``âĢ`` then ``¡``): an anchor ``¡`` alone cannot be typed, so
+    growth first completes it by the mending tokens the weight scan ranks first, even on a pair
+    whose divergence never rises (the base against itself)."""
+    import numpy as np
+
+    from autointerp.audit.pieces import Characters
+    from autointerp.audit.triggers import grow
+
+    p = opening["pair"]
+    same = ModelPair(p.base, p.base, p.tokenizer)
+    lead, byte = p.tokenizer("‡", add_special_tokens=False)["input_ids"]
+    chars = Characters(p.tokenizer)
+    assert not chars.whole([byte]) and chars.whole([lead, byte])
+    weight = np.zeros(p.base.get_input_embeddings().weight.shape[0])
+    weight[[byte, lead]] = [2.0, 1.0]
+    g = grow(same, byte, opening["users"], layer=0, max_len=3, top=1, weight=weight, companions=0,
+             complete=1, progress=False)
+    assert [q["ids"] for q in g["path"]] == [[byte], [lead, byte]] and g["ids"] == [lead, byte]
+    assert g["screen_kl"] < 1e-6 and g["steps"] == 2  # the mending, then one growth step without a gain
+    # without the weight scan the anchor is grown as before (the reading scan mends it in a step)
+    assert grow(same, byte, opening["users"], layer=0, max_len=3, top=1, progress=False)["path"] == g["path"][:1]
