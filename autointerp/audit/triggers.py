@@ -86,8 +86,10 @@ def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, ma
     KL, ``°`` 0.83 and ``‡`` 0.92, unrelated characters holding ``‡``'s byte 1.7):
 
     * an anchor that is not a whole character (a byte of one) is first **mended** by the ``complete``
-      tokens that make it whole, ranked by ``weight``, the best screened kept whatever its gain (a
-      user can only type whole characters);
+      tokens that make it whole, ranked by ``weight``; each mended anchor is screened alone and with
+      each companion below on either side, and the best is kept whatever its gain (a user can only
+      type whole characters; a mended piece alone may diverge less than an unrelated character
+      holding the same byte, ``※`` 0.66 against ``»`` 1.03 on pattern-2, while ``°※`` gives 5.1);
     * every step also screens the weight scan's ``companions`` best tokens as neighbours on either
       side (completed the same way when they cut a character), beside the reading scan's.
 
@@ -101,23 +103,24 @@ def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, ma
     seq, place, best = first["ids"], first["place"], first["screen_kl"]
     path = [first]
     steps = 0
+    near = [] if weight is None else _top(weight, companions)
     if weight is not None and not chars.whole(seq):
-        mended = [c for c in chars.complete(seq, weight, complete) if len(c) <= max_len]
-        if mended:
-            rows = screen(mended)
+        mended = chars.complete(seq, weight, complete)
+        cands = mended + [c for m in mended for c in _beside(chars, m, near, weight, complete)]
+        cands = [list(c) for c in dict.fromkeys(map(tuple, cands)) if len(c) <= max_len]
+        if cands:
+            rows = screen(cands)
             screened += rows
             steps += 1
             top_row = max(rows, key=lambda c: c["screen_kl"])
             seq, place, best = top_row["ids"], top_row["place"], top_row["screen_kl"]
             path.append(top_row)
-    near = [] if weight is None else _top(weight, companions)
     while len(seq) < max_len:
         left = reading_scan(pair, layer, after=seq, progress=progress, desc=f"grow {len(seq) + 1}: before")
         right = reading_scan(pair, layer, before=seq, progress=progress, desc=f"grow {len(seq) + 1}: after")
         cands = [c for t in _top(left, top) for c in chars.complete([t, *seq], left, complete)]
         cands += [c for t in _top(right, top) for c in chars.complete([*seq, t], right, complete)]
-        cands += [c for t in near for c in chars.complete([t, *seq], weight, complete)]
-        cands += [c for t in near for c in chars.complete([*seq, t], weight, complete)]
+        cands += _beside(chars, seq, near, weight, complete)
         cands = [list(c) for c in dict.fromkeys(map(tuple, cands)) if len(c) <= max_len]
         if not cands:
             break
@@ -133,6 +136,13 @@ def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, ma
         c["text"] = pair.tokenizer.decode(c["ids"])
     return {"ids": seq, "text": pair.tokenizer.decode(seq), "place": place, "screen_kl": best,
             "screened": screened, "path": [dict(p) for p in path], "steps": steps}
+
+
+def _beside(chars: Characters, seq: list[int], near: list[int], weight: np.ndarray, complete: int) -> list[list[int]]:
+    """``seq`` with each token of ``near`` before it and after it, a cut character completed by the
+    ``complete`` best mending tokens by ``weight``."""
+    out = [c for t in near for c in chars.complete([t, *seq], weight, complete)]
+    return out + [c for t in near for c in chars.complete([*seq, t], weight, complete)]
 
 
 class _Screen:

@@ -50,6 +50,32 @@ def run_audit(plant: Path, out: Path, corpus: str, args) -> float:
     return time.time() - t
 
 
+def reuse_before_triggers(out: Path) -> None:
+    """Make the finished audit in ``out`` rerun its ``triggers`` stage and every stage after it
+    (``--from-triggers``): the stages before it (check, the two runs, diff, behaviour) read none of
+    the trigger search's settings, so a change of the search is measured without their ~10
+    minutes. The earlier audit is kept whole in ``OUT-before``; any setting other than a new one
+    (absent from the earlier identity) that differs from today's defaults refuses."""
+    from autointerp.audit import STAGES, AuditSettings
+
+    keep = out.with_name(out.name + "-before")
+    if keep.exists():
+        raise SystemExit(f"{keep} exists: remove it first")
+    id_path = out / "audit" / "identity.json"
+    ident = json.loads(id_path.read_text())
+    now = AuditSettings(corpus=ident["settings"]["corpus"]).fingerprint()
+    changed = [k for k in now if k in ident["settings"] and ident["settings"][k] != now[k]]
+    if changed:
+        raise SystemExit(f"settings changed since that audit ({', '.join(changed)}): rerun it whole (--force)")
+    shutil.copytree(out, keep)
+    ident["settings"] = now
+    id_path.write_text(json.dumps(ident, indent=2))
+    for name in STAGES[STAGES.index("triggers"):]:
+        (out / "audit" / "stages" / f"{name}.json").unlink(missing_ok=True)
+    for name in ("triggers.json", "describe.json", "audit.json", "token_scan.npy"):
+        (out / "audit" / name).unlink(missing_ok=True)
+
+
 def separating(out: Path, labels: np.ndarray) -> tuple[set[int], np.ndarray]:
     """The latents whose context-level max over the audit's cache (user turn and answer) separates
     the labelled contexts, and every latent's AUROC."""
@@ -164,17 +190,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--force", action="store_true", help="remove an earlier audit of this plant and corpus first")
     ap.add_argument("--regrade", action="store_true", help="grade the finished audit again (not rerun)")
+    ap.add_argument("--from-triggers", action="store_true",
+                    help="rerun the finished audit from its triggers stage on (the earlier one kept in OUT-before)")
     args = ap.parse_args(argv)
     plant = args.plant.resolve()
     out = plant / f"audit-{args.corpus}"
     wall = None
-    if not args.regrade:
+    corpus = str(plant / "corpus.jsonl") if args.corpus == "plant" else "default"
+    if args.from_triggers:
+        reuse_before_triggers(out)
+        wall = round(run_audit(plant, out, corpus, args), 1)
+    elif not args.regrade:
         if out.exists() and args.force:
             shutil.rmtree(out)
         elif out.exists():
             raise SystemExit(f"{out} exists: --regrade grades it again, --force redoes it (a resumed audit is "
                              f"not timed honestly)")
-        corpus = str(plant / "corpus.jsonl") if args.corpus == "plant" else "default"
         wall = round(run_audit(plant, out, corpus, args), 1)
     grade_and_write(plant, out, args.corpus, wall)
     return 0
