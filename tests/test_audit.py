@@ -325,7 +325,7 @@ def test_gradient_search_stops_after_patience_steps_without_a_gain(pair):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from autointerp.audit.scans import user_ids
-    from autointerp.audit.triggers import gradient_search
+    from autointerp.audit.gradient import gradient_search
     from autointerp.behaviour.divergence import ModelPair
 
     folder = pair["root"] / "base"

@@ -146,7 +146,7 @@ def test_search_extends_each_beam_member_at_its_own_place(opening):
 def test_inputs_embeds_replaces_each_row_s_own_positions(opening):
     """The gradient search at the message's start: left-padded prompts of different lengths put
     the inserted tokens at a different position in each row."""
-    from autointerp.audit.triggers import _left_pad, inputs_embeds
+    from autointerp.audit.gradient import _left_pad, inputs_embeds
 
     p, tid = opening["pair"], opening["tid"]
     carrier = user_carrier(p.tokenizer)
@@ -172,7 +172,7 @@ def test_inputs_embeds_replaces_each_row_s_own_positions(opening):
 
 
 def test_gradient_search_at_the_start_keeps_its_place(opening):
-    from autointerp.audit.triggers import gradient_search
+    from autointerp.audit.gradient import gradient_search
 
     p, tid = opening["pair"], opening["tid"]
     start = gradient_search(p, opening["users"], [tid], place="start", steps=2, candidates=4, progress=False)

@@ -124,7 +124,7 @@ def test_trigger_search_inputs_embeds_are_scaled_like_the_ids(tiny_gemma_dir):
     with the scale applied they equal the module's own output, and the model's logits agree."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from autointerp.audit.triggers import inputs_embeds
+    from autointerp.audit.gradient import inputs_embeds
 
     tok = AutoTokenizer.from_pretrained(tiny_gemma_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_gemma_dir, dtype=torch.float32)

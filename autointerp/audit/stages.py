@@ -113,7 +113,8 @@ def stage_triggers(ctx: AuditContext) -> dict:
     """Trigger discovery on prompts the behaviour diff found ordinary (no corpus text is trusted to
     hold the trigger), then the features that fire on a confirmed trigger and their causal check."""
     from autointerp.audit.scans import _top, token_scan
-    from autointerp.audit.triggers import confirm, gradient_search, grow, search
+    from autointerp.audit.gradient import gradient_search
+    from autointerp.audit.triggers import confirm, grow, search
     from autointerp.behaviour import load_behaviour
 
     s = ctx.settings
