@@ -400,6 +400,31 @@ def test_reading_scan_with_a_cached_prefix_equals_the_whole_forward(pair):
     assert np.isnan(np.delete(got, vocab)).all()
 
 
+def test_reading_scan_of_a_shortlist_reads_only_its_tokens_centred_by_its_reference(pair):
+    """A shortlist's scan equals the whole scan's rows re-centred by the reference draw's median:
+    NaN off the shortlist, and exactly the whole scan when the reference is the whole vocabulary."""
+    from autointerp.audit.scans import Scan, Shortlist, candidate_vocab, reading_scan
+
+    planted, _ = _pairs(pair)
+    tok = planted.tokenizer
+    vocab = candidate_vocab(tok)
+    after = tok(" beta", add_special_tokens=False)["input_ids"]
+    whole = reading_scan(planted, 0, after=after, batch_size=8192, progress=False)
+    everything = Shortlist(ids=vocab, reference=vocab)
+    np.testing.assert_allclose(reading_scan(planted, 0, after=after, tokens=everything, batch_size=8192,
+                                            progress=False)[vocab], whole[vocab], rtol=1e-5)
+    rng = np.random.default_rng(1)
+    scores = [rng.random(len(tok)), np.where(np.isin(np.arange(len(tok)), vocab), rng.random(len(tok)), np.nan)]
+    short = Shortlist.build(scores, 50, tok, reference=300, seed=2)
+    assert set(Scan(0, scores[0], scores[0], scores[1]).top(50, "weight_score")) <= set(short.ids.tolist())
+    assert set(np.argsort(-scores[0])[:50].tolist()) & set(vocab.tolist()) <= set(short.ids.tolist())
+    assert len(short.reference) == 300 and np.isin(short.reference, short.ids).all()
+    assert 300 <= len(short.ids) <= 400 and np.isin(short.ids, vocab).all()
+    assert len(short.plus(np.array([vocab[0], vocab[1]])).ids) >= len(short.ids)
+    got = reading_scan(planted, 0, after=after, tokens=short, batch_size=8192, progress=False)
+    assert np.isnan(np.delete(got, short.ids)).all() and np.isfinite(got[short.ids]).all()
+
+
 def test_grow_extends_the_anchor_only_while_the_divergence_grows(pair):
     from autointerp.audit.scans import user_ids
     from autointerp.audit.triggers import grow
@@ -425,6 +450,16 @@ def test_grow_extends_the_anchor_only_while_the_divergence_grows(pair):
     path = [p["screen_kl"] for p in g["path"]]
     assert g["path"][0]["ids"] == [pair["tid"]] and g["path"][-1]["ids"] == g["ids"] and path[-1] == g["screen_kl"]
     assert all(b > a * 1.1 for a, b in zip(path, path[1:]))
+    # with a shortlist, every neighbour screened is a shortlisted token or a byte fragment
+    from autointerp.audit.pieces import Characters
+    from autointerp.audit.scans import Shortlist, candidate_vocab
+
+    vocab = candidate_vocab(tok)
+    ids = np.sort(np.random.default_rng(0).choice(vocab, 200, replace=False))
+    short = Shortlist(ids=ids, reference=ids[:100])
+    g = grow(planted, pair["tid"], users, layer=0, max_len=3, top=3, tokens=short, progress=False)
+    readable = set(short.ids.tolist()) | set(Characters(tok, vocab).fragments.tolist()) | {pair["tid"]}
+    assert g["steps"] >= 1 and all(set(c["ids"]) <= readable for c in g["screened"])
     # a gain no step reaches: the anchor alone, after one screened step
     g = grow(planted, pair["tid"], users, layer=0, max_len=3, top=3, min_gain=1e6, progress=False)
     assert g["ids"] == [pair["tid"]] and g["steps"] == 1 and len(g["path"]) == 1

@@ -78,6 +78,10 @@ class AuditSettings:
     grow_companions: int = 8
     """the weight scan's best tokens screened as neighbours at every growth step, beside the
     reading scan's (0: none)."""
+    grow_shortlist: int = 2048
+    """each growth step reads only the best tokens of the weight and token scans, this many of
+    each, beside the byte fragments and a random reference draw (0: the whole vocabulary; a
+    tenth of the cost; :class:`~autointerp.audit.scans.Shortlist`)."""
     pool: int = 16
     beam: int = 4
     max_len: int = 3

@@ -112,7 +112,7 @@ def _user_messages(ctx: AuditContext, exclude: set[int]) -> list[tuple[int, list
 def stage_triggers(ctx: AuditContext) -> dict:
     """Trigger discovery on prompts the behaviour diff found ordinary (no corpus text is trusted to
     hold the trigger), then the features that fire on a confirmed trigger and their causal check."""
-    from autointerp.audit.scans import _top, token_scan
+    from autointerp.audit.scans import Shortlist, _top, token_scan
     from autointerp.audit.gradient import gradient_search
     from autointerp.audit.triggers import confirm, grow, search
     from autointerp.behaviour import load_behaviour
@@ -134,9 +134,11 @@ def stage_triggers(ctx: AuditContext) -> dict:
     scan = token_scan(pair, layer=s.scan_layer, batch_size=512, progress=ctx.progress)
     clock.lap("scan")
     np.save(ctx.folder / "token_scan.npy", np.stack([scan.score, scan.embed_score, scan.weight_score]))
+    tokens = (Shortlist.build([scan.score, scan.weight_score], s.grow_shortlist, pair.tokenizer)
+              if s.grow_shortlist else None)
     grown = [grow(pair, a, screen, layer=scan.layer, max_len=s.grow_max_len, top=s.grow_top,
                   min_gain=s.grow_min_gain, weight=scan.weight_score, companions=s.grow_companions,
-                  batch_size=s.batch_size, progress=ctx.progress)
+                  tokens=tokens, batch_size=s.batch_size, progress=ctx.progress)
              for a in _top(scan.weight_score, s.grow_anchors)]
     clock.lap("grow")
     found = search(pair, scan, screen, pool=s.pool, beam=s.beam, max_len=s.max_len, batch_size=s.batch_size,

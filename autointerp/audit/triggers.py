@@ -56,7 +56,8 @@ import torch
 from tqdm.auto import tqdm
 
 from autointerp.audit.pieces import Characters
-from autointerp.audit.scans import PLACES, Scan, _top, candidate_vocab, reading_scan, user_carrier, with_insertion
+from autointerp.audit.scans import (PLACES, Scan, Shortlist, _top, candidate_vocab, reading_scan, user_carrier,
+                                    with_insertion)
 from autointerp.behaviour.divergence import BehaviourError, ModelPair
 from autointerp.behaviour.outliers import KL_MIN, Z_MIN, robust_z
 
@@ -67,7 +68,8 @@ CONFIRM_MIN = 0.5
 
 def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, max_len: int = 6, top: int = 8,
          complete: int = 4, min_gain: float = 0.1, weight: np.ndarray | None = None, companions: int = 8,
-         places: tuple[str, ...] = tuple(PLACES), batch_size: int = 64, progress: bool = True) -> dict:
+         places: tuple[str, ...] = tuple(PLACES), tokens: Shortlist | None = None, batch_size: int = 64,
+         progress: bool = True) -> dict:
     """Step 2(a) of the module docstring: grow ``anchor`` into a sequence of at most ``max_len``
     tokens over the screening user messages ``users``; a neighbour that leaves a character cut
     in two is screened only with the token that completes it (the ``complete`` best by the same
@@ -93,11 +95,16 @@ def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, ma
     * every step also screens the weight scan's ``companions`` best tokens as neighbours on either
       side (completed the same way when they cut a character), beside the reading scan's.
 
+    With ``tokens`` (a :class:`~autointerp.audit.scans.Shortlist`) each reading scan reads only
+    those tokens and every byte fragment (the mending tokens), about a tenth of the vocabulary.
+
     Returns ``{"ids", "text", "place", "screen_kl", "screened": [{"ids", "text", "place",
     "screen_kl"}, ...] (one row per string and place), "path": [the kept sequence after each step,
     {"ids", "text", "place", "screen_kl"}], "steps"}``."""
     chars = Characters(pair.tokenizer, candidate_vocab(pair.tokenizer))
     screen = _Screen(pair, users, places, batch_size)
+    if tokens is not None:
+        tokens = tokens.plus(chars.fragments)
     screened = screen([[int(anchor)]])
     first = max(screened, key=lambda c: c["screen_kl"])
     seq, place, best = first["ids"], first["place"], first["screen_kl"]
@@ -116,8 +123,8 @@ def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, ma
             seq, place, best = top_row["ids"], top_row["place"], top_row["screen_kl"]
             path.append(top_row)
     while len(seq) < max_len:
-        left = reading_scan(pair, layer, after=seq, progress=progress, desc=f"grow {len(seq) + 1}: before")
-        right = reading_scan(pair, layer, before=seq, progress=progress, desc=f"grow {len(seq) + 1}: after")
+        left = reading_scan(pair, layer, after=seq, tokens=tokens, progress=progress, desc=f"grow {len(seq) + 1}: before")
+        right = reading_scan(pair, layer, before=seq, tokens=tokens, progress=progress, desc=f"grow {len(seq) + 1}: after")
         cands = [c for t in _top(left, top) for c in chars.complete([t, *seq], left, complete)]
         cands += [c for t in _top(right, top) for c in chars.complete([*seq, t], right, complete)]
         cands += _beside(chars, seq, near, weight, complete)

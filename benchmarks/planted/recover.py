@@ -6,8 +6,9 @@ check of new seeds, without the audit's other stages (the audit, ``audit.py``, r
 What differs from the audit's trigger stage: the screening and held-out prompts are drawn from the
 shipped chat corpus's user turns directly (the audit first leaves out the prompts its behaviour diff
 found unusual, which needs the hour of stages before it), and only the grown string is confirmed
-(no beam or gradient search). The rest is the audit's own code and defaults: the weight scan's best
-token is grown (:func:`autointerp.audit.triggers.grow`, every string screened appended to the
+(no beam or gradient search). The rest is the audit's own code and defaults: the weight and token
+scans, then the weight scan's best token grown, each step reading the scans' shortlist (``--whole-vocabulary``:
+every token, as before the shortlist) (:func:`autointerp.audit.triggers.grow`, every string screened appended to the
 message and opening it) and confirmed at its place on 32 held-out prompts against 8 random strings
 of its length, beside the true trigger inserted the same way at both places (``true_appended``,
 ``true_opening``) and as the plant placed it in its text (``true_as_planted``: ``' ' + trigger``
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from autointerp.audit import AuditSettings, default_corpus
-    from autointerp.audit.scans import _top, default_scan_layer, user_carrier, user_ids, weight_scan
+    from autointerp.audit.scans import Shortlist, _top, token_scan, user_carrier, user_ids
     from autointerp.audit.triggers import _attack, confirm, grow
     from autointerp.behaviour.divergence import ModelPair
     from autointerp.behaviour.prompts import corpus_prompts
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("plant", type=Path)
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--whole-vocabulary", action="store_true", help="growth reads every token (no shortlist)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     s = AuditSettings()
@@ -49,16 +51,26 @@ def main(argv: list[str] | None = None) -> int:
     pick = np.random.default_rng(0).choice(len(users), size=s.screen_prompts + s.confirm_prompts, replace=False)
     screen, held = [users[i] for i in pick[:s.screen_prompts]], [users[i] for i in pick[s.screen_prompts:]]
     t0 = time.time()
-    w = weight_scan(pair)
-    order = np.argsort(-np.nan_to_num(w, nan=-np.inf), kind="stable")
+    scan = token_scan(pair, batch_size=512, progress=False)
+    w = scan.weight_score
+    scan_s = time.time() - t0
     trigger = record.get("trigger")
-    true_ids = tok(" " + trigger, add_special_tokens=False)["input_ids"] if trigger else []
-    rank = {tok.decode([t]): int(np.where(order == t)[0][0]) for t in dict.fromkeys(true_ids)}
+    # every token of the trigger as it appears appended and opening the message
+    true_ids = ((tok(" " + trigger, add_special_tokens=False)["input_ids"]
+                 + tok(trigger, add_special_tokens=False)["input_ids"]) if trigger else [])
+
+    def ranks(score):
+        order = np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")
+        return {tok.decode([t]): int(np.where(order == t)[0][0]) for t in dict.fromkeys(true_ids)}
+
+    rank, token_rank = ranks(w), ranks(scan.score)
+    tokens = None if args.whole_vocabulary else Shortlist.build([scan.score, w], s.grow_shortlist, tok)
     anchor = _top(w, 1)[0]
-    g = grow(pair, anchor, screen, layer=default_scan_layer(pair), max_len=s.grow_max_len, top=s.grow_top,
-             min_gain=s.grow_min_gain, weight=w, companions=s.grow_companions, batch_size=s.batch_size,
-             progress=False)
-    grow_s = time.time() - t0
+    g = grow(pair, anchor, screen, layer=scan.layer, max_len=s.grow_max_len, top=s.grow_top,
+             min_gain=s.grow_min_gain, weight=w, companions=s.grow_companions, tokens=tokens,
+             batch_size=s.batch_size, progress=False)
+    grow_s = time.time() - t0 - scan_s
+    true_ids = tok(" " + trigger, add_special_tokens=False)["input_ids"] if trigger else []
     cands, places = [g["ids"]], [g["place"]]
     if true_ids:  # the search's form at each place: ' ' + trigger appended, trigger opening
         cands += [true_ids, tok(trigger, add_special_tokens=False)["input_ids"]]
@@ -77,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     best_true = max(true.values()) if true else None
     out = {"plant": record["plant"], "seed": record["seed"], "trigger": trigger,
            "weight_top": [tok.decode([t]) for t in _top(w, 8)], "trigger_token_ranks": rank,
+           "trigger_token_ranks_token_scan": token_rank, "shortlist": None if tokens is None else len(tokens.ids),
            "anchor": tok.decode([anchor]), "path": g["path"], "grown": g["text"], "place": g["place"],
            "steps": g["steps"], "grown_attack_success": got["attack_success"],
            "grown_control_max": got["control_max"], "grown_confirmed": got["confirmed"],
@@ -85,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
            # against the true trigger at its best (where it was planted, as a rule)
            "recovered_vs_true": (got["attack_success"] / best_true
                                  if best_true and got["confirmed"] else 0.0),
-           "seconds": {"scan_and_grow": round(grow_s, 1), "total": round(time.time() - t0, 1)}}
+           "seconds": {"scan": round(scan_s, 1), "grow": round(grow_s, 1), "total": round(time.time() - t0, 1)}}
     (args.plant / "recover.json").write_text(json.dumps(out, indent=2))
-    print(f"{args.plant.name}: anchor {out['anchor']!r} (trigger tokens' ranks {rank}), grown {g['text']!r} "
+    print(f"{args.plant.name}: anchor {out['anchor']!r} (trigger tokens' ranks {rank}; token scan {token_rank}), grown {g['text']!r} "
           f"at {g['place']} {got['attack_success']:.0%} (random {got['control_max']:.0%}, confirmed "
           f"{got['confirmed']}), true {true}, {out['seconds']}")
     return 0
