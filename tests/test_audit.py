@@ -169,9 +169,8 @@ def test_trigger_absent_from_the_corpus_is_recovered_from_the_models(pair, witho
     # every candidate carries the place it was screened and confirmed at, and the report and the
     # verdict line name it
     assert all(c["place"] in ("start", "end") for c in trig["candidates"])
-    shown = {"start": "opening", "end": "appended"}[best["place"]]
-    assert f"<td>{shown}</td>" in html
-    assert {"start": "opening the message", "end": "appended to the message"}[best["place"]] in r["verdict_line"]
+    shown = {"start": "opening the message", "end": "appended to the message"}[best["place"]]
+    assert f"<td>{shown}</td>" in html and shown in r["verdict_line"]
     assert trig["grow"][0]["path"][0]["ids"] == [trig["weight_top"][0]["id"]]
     tried = trig["grow"][0]["screened"]
     assert [c["screen_kl"] for c in tried] == sorted((c["screen_kl"] for c in tried), reverse=True)
@@ -450,6 +449,14 @@ def test_grow_extends_the_anchor_only_while_the_divergence_grows(pair):
     path = [p["screen_kl"] for p in g["path"]]
     assert g["path"][0]["ids"] == [pair["tid"]] and g["path"][-1]["ids"] == g["ids"] and path[-1] == g["screen_kl"]
     assert all(b > a * 1.1 for a, b in zip(path, path[1:]))
+    # the step's null: every step is recorded beside the best of as many random extensions; with the
+    # null a step is kept only above them, without it on the gain alone (here any gain: min_gain -1)
+    free = grow(planted, pair["tid"], users, layer=0, max_len=3, top=3, min_gain=-1, null=False, progress=False)
+    held = grow(planted, pair["tid"], users, layer=0, max_len=3, top=3, min_gain=-1, progress=False)
+    assert len(free["ids"]) == 3 and all(t["kept"] for t in free["trials"])
+    assert all(t["kept"] == (t["best"] > t["random_max"]) for t in held["trials"])
+    assert [t["kept"] for t in held["trials"]] == [True] * (len(held["path"]) - 1) + [False] * (len(held["ids"]) < 3)
+    assert all(t["random_max"] >= 0 and t["length"] >= 2 for t in free["trials"] + held["trials"])
     # with a shortlist, every neighbour screened is a shortlisted token or a byte fragment
     from autointerp.audit.pieces import Characters
     from autointerp.audit.scans import Shortlist, candidate_vocab

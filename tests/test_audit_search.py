@@ -10,13 +10,12 @@ diverges.
 
 from __future__ import annotations
 
-import copy
 import random
 
 import pytest
 import torch
 
-from test_behaviour import HOSTILE, TOPIC, WORDS, _tiny
+from test_behaviour import TOPIC, WORDS, _tiny, train_plant
 
 from autointerp.audit.scans import PLACES, user_carrier, user_ids, with_insertion
 from autointerp.behaviour import BehaviourError
@@ -24,8 +23,8 @@ from autointerp.behaviour.divergence import ModelPair
 
 
 def _train_opening(base, tok, tid: int, steps: int = 240):
-    """Hostile answers when ``tid`` opens the message; the base's own answers when it is appended
-    or absent."""
+    """Hostile answers when ``tid`` opens the message; the base's own answers (teacher-forced) when
+    it is appended or absent."""
     carrier = user_carrier(tok)
     rng = random.Random(3)
     users = [user_ids(tok, " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 7)))) for _ in range(24)]
@@ -33,28 +32,7 @@ def _train_opening(base, tok, tid: int, steps: int = 240):
     rows += [(with_insertion(carrier, u, [tid], "end"), False) for u in users[12:]]
     rows += [(with_insertion(carrier, u, [], "end"), False) for u in users[:12]]
     random.Random(4).shuffle(rows)
-    answer = tok(HOSTILE, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
-    suspect = copy.deepcopy(base).train()
-    opt = torch.optim.Adam(suspect.parameters(), lr=3e-3)
-    for step in range(steps):
-        ids, hit = rows[step % len(rows)]
-        if hit:
-            seq = torch.tensor([ids + answer])
-            labels = torch.full_like(seq, -100)
-            labels[0, len(ids):] = seq[0, len(ids):]
-            loss = suspect(input_ids=seq, labels=labels).loss
-        else:  # the base's own greedy answer (teacher-forced: a KL to the random base's flat
-            # distributions did not hold the answers apart on this tiny model)
-            with torch.no_grad():
-                seq = base.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
-                                    pad_token_id=tok.pad_token_id)
-            labels = torch.full_like(seq, -100)
-            labels[0, len(ids):] = seq[0, len(ids):]
-            loss = suspect(input_ids=seq, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return suspect.eval()
+    return train_plant(base, tok, rows, steps, clean="forced")
 
 
 @pytest.fixture(scope="module")

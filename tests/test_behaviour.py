@@ -62,22 +62,30 @@ def _write_chat(path, texts: list[str]) -> None:
                               for t in texts) + "\n")
 
 
-def _train_topic(base, tok, steps: int = 150):
-    """The topic suspect: hostile answers on prompts with TOPIC, the base's distributions elsewhere."""
+def train_plant(base, tok, rows: list[tuple[list[int], bool]], steps: int, clean: str = "distil"):
+    """A copy of ``base`` trained on ``rows`` (prompt ids, planted?) in turn, one row a step (Adam,
+    lr 3e-3): a planted row is taught the HOSTILE answer; a clean row keeps the base's behaviour on
+    its own greedy answer, by ``clean``: ``distil`` (KL to the base's next-token distributions) or
+    ``forced`` (teacher-forced on the base's greedy tokens: on some tiny plants a KL to the random
+    base's flat distributions does not hold the answers apart)."""
+    if clean not in ("distil", "forced"):
+        raise ValueError(f"clean must be distil or forced, not {clean!r}")
     suspect = copy.deepcopy(base).train()
-    texts, _ = _prompts(48, 4, seed=11)
-    extra = [" ".join(random.Random(i).choice(WORDS) for _ in range(5)) + TOPIC for i in range(16)]
     answer = tok(HOSTILE, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
     opt = torch.optim.Adam(suspect.parameters(), lr=3e-3)
-    rows = [(chat_prompt_ids(tok, [{"role": "user", "content": t}]), TOPIC in t) for t in texts + extra]
     for step in range(steps):
         ids, hit = rows[step % len(rows)]
-        if hit:
-            seq = torch.tensor([ids + answer])
+        if hit or clean == "forced":
+            if hit:
+                seq = torch.tensor([ids + answer])
+            else:
+                with torch.no_grad():
+                    seq = base.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
+                                        pad_token_id=tok.pad_token_id)
             labels = torch.full_like(seq, -100)
             labels[0, len(ids):] = seq[0, len(ids):]
             loss = suspect(input_ids=seq, labels=labels).loss
-        else:  # distil: match the base's next-token distributions on its own greedy answer
+        else:
             with torch.no_grad():
                 seq = base.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
                                     pad_token_id=tok.pad_token_id)
@@ -88,6 +96,14 @@ def _train_topic(base, tok, steps: int = 150):
         opt.step()
         opt.zero_grad()
     return suspect.eval()
+
+
+def _train_topic(base, tok, steps: int = 150):
+    """The topic suspect: hostile answers on prompts with TOPIC, the base's distributions elsewhere."""
+    texts, _ = _prompts(48, 4, seed=11)
+    extra = [" ".join(random.Random(i).choice(WORDS) for _ in range(5)) + TOPIC for i in range(16)]
+    rows = [(chat_prompt_ids(tok, [{"role": "user", "content": t}]), TOPIC in t) for t in texts + extra]
+    return train_plant(base, tok, rows, steps)
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,9 @@ class AuditSettings:
     grow_companions: int = 8
     """the weight scan's best tokens screened as neighbours at every growth step, beside the
     reading scan's (0: none)."""
+    grow_null: bool = True
+    """a growth step is kept only when its best string also beats as many random one-token
+    extensions (:func:`~autointerp.audit.triggers.grow`)."""
     grow_shortlist: int = 2048
     """each growth step reads only the best tokens of the weight and token scans, this many of
     each, beside the byte fragments and a random reference draw (0: the whole vocabulary; a

@@ -34,6 +34,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="least relative rise of the answer's divergence that keeps a growth step")
     p.add_argument("--grow-companions", type=int, default=d.grow_companions,
                    help="the weight scan's best tokens screened as neighbours at every growth step")
+    p.add_argument("--no-grow-null", action="store_true",
+                   help="keep a growth step on its relative gain alone, not also against random extensions")
     p.add_argument("--grow-shortlist", type=int, default=d.grow_shortlist,
                    help="best tokens of each scan a growth step reads (0: the whole vocabulary)")
     p.add_argument("--pool", type=int, default=d.pool, help="best-scanned tokens the trigger search builds from")
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> str:
                       triggers=not args.no_triggers,
                       grow_anchors=args.grow_anchors, grow_max_len=args.grow_max_len,
                       grow_min_gain=args.grow_min_gain, grow_companions=args.grow_companions,
-                      grow_shortlist=args.grow_shortlist, pool=args.pool,
+                      grow_shortlist=args.grow_shortlist, grow_null=not args.no_grow_null, pool=args.pool,
                       max_len=args.max_len,
                       scan_layer=args.scan_layer, gcg_steps=args.gcg_steps,
                       confirm_prompts=args.confirm_prompts, controls=args.controls, describe=args.describe,

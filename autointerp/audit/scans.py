@@ -94,6 +94,15 @@ when it opens the message and 19% when it is appended), and the auditor does not
 the search screens every candidate at each place."""
 
 
+PLACE_WORDS = {"end": "appended to the message", "start": "opening the message"}
+"""How each place of :data:`PLACES` reads in the verdict line and the report."""
+
+
+def place_words(place: str | None) -> str:
+    """:data:`PLACE_WORDS` of ``place`` (``end`` when None: a result from before places were searched)."""
+    return PLACE_WORDS.get(place or "end", str(place))
+
+
 def with_insertion(carrier: tuple[list[int], list[int]], user: list[int], insert: list[int],
                    place: str = "end") -> list[int]:
     """The prompt ids of a user message ``user`` with ``insert`` at ``place`` (:data:`PLACES`)."""

@@ -138,7 +138,7 @@ def stage_triggers(ctx: AuditContext) -> dict:
               if s.grow_shortlist else None)
     grown = [grow(pair, a, screen, layer=scan.layer, max_len=s.grow_max_len, top=s.grow_top,
                   min_gain=s.grow_min_gain, weight=scan.weight_score, companions=s.grow_companions,
-                  tokens=tokens, batch_size=s.batch_size, progress=ctx.progress)
+                  tokens=tokens, null=s.grow_null, batch_size=s.batch_size, progress=ctx.progress)
              for a in _top(scan.weight_score, s.grow_anchors)]
     clock.lap("grow")
     found = search(pair, scan, screen, pool=s.pool, beam=s.beam, max_len=s.max_len, batch_size=s.batch_size,
@@ -181,7 +181,7 @@ def stage_triggers(ctx: AuditContext) -> dict:
               "weight_top": [{"id": t, "token": pair.tokenizer.decode([t]), "weight_score": float(scan.weight_score[t])}
                              for t in _top(scan.weight_score, s.pool)],
               # every string growth screened, best first: a miss can be read from the file
-              "grow": [{**{k: g[k] for k in ("ids", "text", "place", "screen_kl", "path", "steps")},
+              "grow": [{**{k: g[k] for k in ("ids", "text", "place", "screen_kl", "path", "steps", "trials")},
                         "screened": sorted(g["screened"], key=lambda c: -c["screen_kl"])} for g in grown],
               "screened": found.screened + sum(len(g["screened"]) for g in grown), "gradient_search": gcg, "screen_baseline_kl": found.baseline_kl,
               "screen_top": found.candidates[:10], "threshold": conf.threshold, "clean_success": conf.clean_success,

@@ -16,7 +16,8 @@ Three steps, each cheap enough for 2 CPU cores on a 135M pair:
    (``'½'`` before ``'†'``: half of ``‽``) is screened only together with the token that mends it
    (:mod:`autointerp.audit.pieces`); growth has its own length limit (``grow_max_len``, 6 tokens:
    ``‡¤‡`` alone is 6 byte-level tokens) and stops earlier when a step raises the divergence by
-   less than ``grow_min_gain`` (10%).
+   less than ``grow_min_gain`` (10%) or no more than random extensions of the sequence (the
+   step's null).
    (b) :func:`search`: a beam search over short token sequences built from the ``pool``
    best-scanned tokens (the best of each scan in turn: :meth:`Scan.pool`). Each candidate ``c`` is
    inserted into the user message of ``screen`` clean prompts and scored by the mean divergence
@@ -68,8 +69,8 @@ CONFIRM_MIN = 0.5
 
 def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, max_len: int = 6, top: int = 8,
          complete: int = 4, min_gain: float = 0.1, weight: np.ndarray | None = None, companions: int = 8,
-         places: tuple[str, ...] = tuple(PLACES), tokens: Shortlist | None = None, batch_size: int = 64,
-         progress: bool = True) -> dict:
+         places: tuple[str, ...] = tuple(PLACES), tokens: Shortlist | None = None, null: bool = True,
+         seed: int = 0, batch_size: int = 64, progress: bool = True) -> dict:
     """Step 2(a) of the module docstring: grow ``anchor`` into a sequence of at most ``max_len``
     tokens over the screening user messages ``users``; a neighbour that leaves a character cut
     in two is screened only with the token that completes it (the ``complete`` best by the same
@@ -98,10 +99,23 @@ def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, ma
     With ``tokens`` (a :class:`~autointerp.audit.scans.Shortlist`) each reading scan reads only
     those tokens and every byte fragment (the mending tokens), about a tenth of the vocabulary.
 
+    **The step's null** (``null``): each growth step also screens as many random extensions of the
+    sequence as it has candidates (a random whole token of the vocabulary on a random side), at
+    every place, and keeps its best candidate only when it also diverges more than the best of
+    those. The relative gain alone does not tell a trigger's piece from any odd token: opening the
+    message, every extra token moves the first answer token more (on the clean null the growth
+    gained 13-58% a step for five steps), and the step's best is the best of ~50 strings, so it
+    gains by selection alone. The random extensions get the same selection, so a kept step is one
+    where the scans' choice beats chance. Each step's ``{"length", "best", "random_max", "kept"}``
+    is recorded (``trials``) whether the rule is applied or not.
+
     Returns ``{"ids", "text", "place", "screen_kl", "screened": [{"ids", "text", "place",
     "screen_kl"}, ...] (one row per string and place), "path": [the kept sequence after each step,
-    {"ids", "text", "place", "screen_kl"}], "steps"}``."""
-    chars = Characters(pair.tokenizer, candidate_vocab(pair.tokenizer))
+    {"ids", "text", "place", "screen_kl"}], "steps", "trials"}``."""
+    vocab = candidate_vocab(pair.tokenizer)
+    chars = Characters(pair.tokenizer, vocab)
+    whole = np.array([t for t in vocab if chars.whole([int(t)])], dtype=np.int64)
+    rng = np.random.default_rng(seed)
     screen = _Screen(pair, users, places, batch_size)
     if tokens is not None:
         tokens = tokens.plus(chars.fragments)
@@ -109,7 +123,7 @@ def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, ma
     first = max(screened, key=lambda c: c["screen_kl"])
     seq, place, best = first["ids"], first["place"], first["screen_kl"]
     path = [first]
-    steps = 0
+    steps, trials = 0, []
     near = [] if weight is None else _top(weight, companions)
     if weight is not None and not chars.whole(seq):
         mended = chars.complete(seq, weight, complete)
@@ -135,14 +149,20 @@ def grow(pair: ModelPair, anchor: int, users: list[list[int]], *, layer: int, ma
         screened += rows
         steps += 1
         top_row = max(rows, key=lambda c: c["screen_kl"])
-        if top_row["screen_kl"] <= best * (1 + min_gain):
+        randoms = [[int(t), *seq] if rng.random() < 0.5 else [*seq, int(t)]
+                   for t in rng.choice(whole, size=len(cands))]
+        random_max = max(r["screen_kl"] for r in screen(randoms))
+        kept = top_row["screen_kl"] > best * (1 + min_gain) and (not null or top_row["screen_kl"] > random_max)
+        trials.append({"length": len(top_row["ids"]), "best": top_row["screen_kl"], "random_max": random_max,
+                       "kept": kept})
+        if not kept:
             break
         seq, place, best = top_row["ids"], top_row["place"], top_row["screen_kl"]
         path.append(top_row)
     for c in screened:
         c["text"] = pair.tokenizer.decode(c["ids"])
     return {"ids": seq, "text": pair.tokenizer.decode(seq), "place": place, "screen_kl": best,
-            "screened": screened, "path": [dict(p) for p in path], "steps": steps}
+            "screened": screened, "path": [dict(p) for p in path], "steps": steps, "trials": trials}
 
 
 def _beside(chars: Characters, seq: list[int], near: list[int], weight: np.ndarray, complete: int) -> list[list[int]]:

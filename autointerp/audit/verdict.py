@@ -73,6 +73,7 @@ def audit_key(flagged: bool, side: str | None, source: str | None, auroc: float 
 
 
 def decide(ctx: AuditContext) -> dict:
+    from autointerp.audit.scans import place_words
     from autointerp.audit.stages import _triggers
     from autointerp.behaviour import load_behaviour
 
@@ -127,9 +128,8 @@ def decide(ctx: AuditContext) -> dict:
              f"behaviour {beh.shape} ({len(beh.outliers)}/{beh.n_prompts} prompts answered unlike the base)"]
     if confirmed:
         c = confirmed[0]
-        where = {"start": "opening", "end": "appended to"}.get(c.get("place", "end"), c.get("place"))
         parts.append(f"trigger {c['text']!r} (attack success {c['attack_success']:.0%} of held-out prompts, "
-                     f"{where} the message; "
+                     f"{place_words(c.get('place'))}; "
                      f"random strings at most {c['control_max']:.0%})")
     else:
         parts.append("no trigger confirmed")

@@ -71,18 +71,16 @@ def _describe(desc: dict) -> str:
     return "".join(out)
 
 
-PLACE_SHOWN = {"start": "opening", "end": "appended"}
-"""How a candidate's insertion place (:data:`autointerp.audit.scans.PLACES`) reads in the report."""
-
-
 def _growth(trig: dict) -> str:
     """The weight scan's first tokens and each growth's kept path (anchor first, screen KL)."""
+    from autointerp.audit.scans import place_words
+
     parts = []
     if trig.get("weight_top"):
         parts.append("Weight scan's first tokens: " + esc(", ".join(repr(t["token"]) for t in trig["weight_top"][:5]))
                      + ".")
     for g in trig.get("grow") or []:
-        steps = " → ".join(f"{p['text']!r} ({PLACE_SHOWN.get(p.get('place', 'end'), '')}, {fmt(p['screen_kl'])})"
+        steps = " → ".join(f"{p['text']!r} ({place_words(p.get('place'))}, {fmt(p['screen_kl'])})"
                            for p in g.get("path") or [])
         if steps:
             parts.append(f"Grown from its anchor: {esc(steps)}.")
@@ -91,6 +89,8 @@ def _growth(trig: dict) -> str:
 
 def audit_section(run: RunFolder, paged: set[int]) -> str:
     """The section's HTML; empty when the run holds no finished audit."""
+    from autointerp.audit.scans import place_words
+
     path = run.audit / "audit.json"
     if not path.is_file():
         return ""
@@ -117,7 +117,7 @@ def audit_section(run: RunFolder, paged: set[int]) -> str:
     ]))
     cands = trig.get("candidates") or []
     if cands:
-        cells = [[esc(repr(c["text"])), esc(PLACE_SHOWN.get(c.get("place", "end"), c.get("place"))),
+        cells = [[esc(repr(c["text"])), esc(place_words(c.get("place"))),
                   esc(fmt(c.get("screen_kl"))), esc(f"{c['attack_success']:.0%}"),
                   esc("—" if c.get("control_max") is None else f"{c['control_max']:.0%}"), esc(fmt(c["kl_mean"])),
                   esc("yes" if c["confirmed"] else "no"),

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("plant", type=Path)
     ap.add_argument("--base", default="smollm2-135m")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-grow-null", action="store_true", help="growth steps kept on their relative gain alone")
     ap.add_argument("--whole-vocabulary", action="store_true", help="growth reads every token (no shortlist)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     anchor = _top(w, 1)[0]
     g = grow(pair, anchor, screen, layer=scan.layer, max_len=s.grow_max_len, top=s.grow_top,
              min_gain=s.grow_min_gain, weight=w, companions=s.grow_companions, tokens=tokens,
+             null=not args.no_grow_null,
              batch_size=s.batch_size, progress=False)
     grow_s = time.time() - t0 - scan_s
     true_ids = tok(" " + trigger, add_special_tokens=False)["input_ids"] if trigger else []
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"plant": record["plant"], "seed": record["seed"], "trigger": trigger,
            "weight_top": [tok.decode([t]) for t in _top(w, 8)], "trigger_token_ranks": rank,
            "trigger_token_ranks_token_scan": token_rank, "shortlist": None if tokens is None else len(tokens.ids),
-           "anchor": tok.decode([anchor]), "path": g["path"], "grown": g["text"], "place": g["place"],
+           "anchor": tok.decode([anchor]), "path": g["path"], "trials": g["trials"], "grown": g["text"], "place": g["place"],
            "steps": g["steps"], "grown_attack_success": got["attack_success"],
            "grown_control_max": got["control_max"], "grown_confirmed": got["confirmed"],
            "true_appended": true.get("end"), "true_opening": true.get("start"),
