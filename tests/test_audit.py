@@ -108,7 +108,12 @@ def test_describe_steers_the_audit_s_first_feature_and_weighs_every_change(pair,
     assert first["latent"] == top["latent"] and first["flagged"] and first["amount"] > 0
     n = min(SETTINGS.get("describe_prompts", 16), 120 - with_trigger["behaviour"]["n_outliers"])
     assert len(first["answers"]) == len(d["without"]) == len(d["prompts"]) == n
-    assert not any(TRIGGER.strip() in p for p in d["prompts"])  # ordinary prompts, not the outliers
+    # ordinary prompts, not the behaviour diff's outliers
+    from autointerp.behaviour import load_behaviour
+
+    rows = [json.loads(line) for line in (pair["root"] / "with.jsonl").read_text().splitlines()]
+    outlying = {rows[o["prompt"]]["messages"][0]["content"] for o in load_behaviour(pair["root"] / "a-with").outliers}
+    assert outlying and not outlying & set(d["prompts"])
     # the token contrast counts the tokens of the answers themselves
     said, unsaid = "".join(first["answers"]), "".join(d["without"])
     assert first["says_more"] and all(said.count(r["token"]) >= r["with"] >= 2 and unsaid.count(r["token"]) >= r["without"]
@@ -314,8 +319,9 @@ def test_mismatched_tokenizers_and_a_foreign_base(pair, tmp_path, tiny_model_dir
     t2.save_pretrained(tmp_path / "other")
     figs = check_models(str(pair["root"] / "suspect"), str(tmp_path / "other"))
     assert figs["foreign_base"] and figs["parameter_distance"]["relative"] > 0.5
-    near = check_models(str(pair["root"] / "suspect"), str(pair["root"] / "base"))
-    assert not near["foreign_base"]
+    # a fine-tune's few percent: the restyled model (its final norm's weights tripled) against its base
+    near = check_models(str(pair["root"] / "restyled"), str(pair["root"] / "base"))
+    assert not near["foreign_base"] and 0 < near["parameter_distance"]["relative"] < 0.5
 
 
 def test_gradient_search_stops_after_patience_steps_without_a_gain(pair):
