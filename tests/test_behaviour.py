@@ -119,7 +119,9 @@ def models(tok):
     restyled = copy.deepcopy(base)
     with torch.no_grad():
         restyled.model.norm.weight *= 3.0  # every answer distribution sharpened alike
-    return {"base": base, "topic": _train_topic(base, tok), "restyled": restyled}
+    # 200 steps: at 150, a fresh install of this session (tokenizers 0.23.3, transformers 5.25) left one
+    # of the corpus's three topic prompts unlearned by the tiny plant (score 2.6 against 137-303)
+    return {"base": base, "topic": _train_topic(base, tok, steps=200), "restyled": restyled}
 
 
 @pytest.fixture(scope="module")
