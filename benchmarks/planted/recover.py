@@ -57,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     scan_s = time.time() - t0
     trigger = record.get("trigger")
     # every token of the trigger as it appears appended and opening the message
-    true_ids = ((tok(" " + trigger, add_special_tokens=False)["input_ids"]
-                 + tok(trigger, add_special_tokens=False)["input_ids"]) if trigger else [])
+    pieces = ((tok(" " + trigger, add_special_tokens=False)["input_ids"]
+               + tok(trigger, add_special_tokens=False)["input_ids"]) if trigger else [])
 
     def ranks(score):
         order = np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")
-        return {tok.decode([t]): int(np.where(order == t)[0][0]) for t in dict.fromkeys(true_ids)}
+        return {tok.decode([t]): int(np.where(order == t)[0][0]) for t in dict.fromkeys(pieces)}
 
     rank, token_rank = ranks(w), ranks(scan.score)
     tokens = None if args.whole_vocabulary else Shortlist.build([scan.score, w], s.grow_shortlist, tok)
