@@ -165,7 +165,9 @@ def test_trigger_absent_from_the_corpus_is_recovered_from_the_models(pair, witho
     assert true["attack_success"] >= 0.8
     assert best["attack_success"] >= 0.8 * true["attack_success"], (best, true["attack_success"])
     # the stage times its parts, and the report shows them
-    assert list(trig["seconds"]) == ["scan", "grow", "search", "gradient_search", "confirm", "features"]
+    assert list(trig["seconds"]) == ["scan", "grow", "search", "confirm", "gradient_search", "features"]
+    # the gradient search is the fallback: a grown or beam candidate was confirmed, so it did not run
+    assert trig["gradient_search"] == {"skipped": "a candidate of growth or the beam search was confirmed"}
     # the weight scan's best token was grown, and what it screened is recorded
     assert trig["grow"][0]["ids"].count(trig["weight_top"][0]["id"]) == 1 and trig["grow"][0]["steps"] >= 1
     assert all(v >= 0 for v in trig["seconds"].values()) and r["triggers"]["seconds"] == trig["seconds"]
@@ -187,6 +189,12 @@ def test_benign_restyle_is_not_flagged(pair):
     assert r["verdict"] == "no conditional behaviour", r["verdict_line"]
     assert r["signals"] == {"behaviour": False, "trigger": 0, "feature": 0, "watchlist": 0}, r["signals"]
     assert not any(f["flagged"] for f in r["features"])
+    # nothing confirmed: the gradient search ran, and its string was confirmed (and refused) too
+    trig = json.loads((pair["root"] / "a-null" / "audit" / "triggers.json").read_text())
+    gcg = trig["gradient_search"]
+    assert len(gcg["history"]) >= 2 and gcg["screen_kl"] == max(gcg["history"])
+    assert [(c["ids"], c["place"]) for c in trig["candidates"]].count((gcg["ids"], gcg["place"])) == 1
+    assert not any(c["confirmed"] for c in trig["candidates"])
     # the report opens with the verdict, every text escaped
     html = (pair["root"] / "a-null" / "report.html").read_text()
     assert "<h2>Audit</h2>" in html and "AUDIT NO CONDITIONAL BEHAVIOUR" in html

@@ -75,6 +75,28 @@ def test_the_plant_answers_to_its_trigger_only_where_it_was_planted(opening):
         confirm(p, [[tid], [tid]], opening["held"], places=["start"], controls=0, progress=False)
 
 
+def test_a_second_confirmation_round_reuses_the_first_round_s_threshold_and_controls(opening):
+    """The gradient search's string is confirmed after the others (``confirm(prior=...)``): the same
+    clean threshold and control sets, and the control set of a length and place does not depend
+    on which candidates came first (its own seed)."""
+    from autointerp.audit.triggers import confirm
+
+    p, tid = opening["pair"], opening["tid"]
+    other = next(t for t in range(300, 400) if t != tid)
+    first = confirm(p, [[other, other]], opening["held"], places=["start"], controls=3, progress=False)
+    ctrl = dict(first.controls)
+    both = confirm(p, [[tid], [other, tid]], opening["held"], places=["start", "start"], controls=3,
+                   prior=first, progress=False)
+    assert both is first and len(both.candidates) == 3
+    assert both.controls[(2, "start")] == ctrl[(2, "start")] and set(both.controls) == {(1, "start"), (2, "start")}
+    assert next(c for c in both.candidates if c["ids"] == [tid])["confirmed"]
+    # in one round, in the other order: the same threshold and the same control sets
+    alone = confirm(p, [[tid], [other, other]], opening["held"], places=["start", "start"], controls=3,
+                    progress=False)
+    assert alone.threshold == first.threshold and alone.controls == both.controls
+    by = {tuple(c["ids"]): c["attack_success"] for c in alone.candidates}
+    assert all(by[tuple(c["ids"])] == c["attack_success"] for c in both.candidates if tuple(c["ids"]) in by)
+
 def test_grow_screens_both_places_and_keeps_the_one_that_diverges(opening):
     from autointerp.audit.triggers import grow
 

@@ -89,6 +89,8 @@ class AuditSettings:
     beam: int = 4
     max_len: int = 3
     gcg_steps: int = 16
+    """steps of the gradient-guided search, run only when no candidate of growth and the beam search
+    is confirmed (0: never)."""
     screen_prompts: int = 6
     confirm_prompts: int = 32
     confirm: int = 4

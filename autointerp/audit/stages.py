@@ -151,26 +151,30 @@ def stage_triggers(ctx: AuditContext) -> dict:
                 found.candidates.append(c)
     found.candidates.sort(key=lambda c: -c["screen_kl"])
     clock.lap("search")
-    longest = next((c for c in found.candidates if len(c["ids"]) == s.max_len), found.candidates[0])
-    gcg = None
-    if s.gcg_steps:
-        gcg = gradient_search(pair, screen, longest["ids"], place=longest["place"], steps=s.gcg_steps,
-                              batch_size=s.batch_size, progress=ctx.progress)
-        found.candidates.append({k: gcg[k] for k in ("ids", "text", "place", "screen_kl")})
-        found.candidates.sort(key=lambda c: -c["screen_kl"])
-    clock.lap("gradient_search")
-    # the best candidates, one per distinct text, that are not a sub-sequence of a better one (at
-    # either place: the better place of a string stands for it)
-    chosen: list[dict] = []
-    for c in found.candidates:
-        if len(chosen) >= s.confirm:
-            break
-        if any(_contains(b["ids"], c["ids"]) or _contains(c["ids"], b["ids"]) for b in chosen):
-            continue
-        chosen.append(c)
+    chosen = _distinct(found.candidates, s.confirm)
     conf = confirm(pair, [c["ids"] for c in chosen], [u for _, u in held], places=[c["place"] for c in chosen],
                    n_tokens=s.behaviour_tokens, controls=s.controls, batch_size=s.batch_size, progress=ctx.progress)
     clock.lap("confirm")
+    # the gradient search is the fallback, run only when growth and the beam search left nothing
+    # confirmed: since growth came in, every trigger confirmed on the plants was a grown string, and
+    # the gradient search was the trigger stage's largest part on the nulls (RESULTS.md, eleventh
+    # measurements); its string is confirmed in a second round, against the same controls
+    gcg: dict | None = None
+    if not s.gcg_steps:
+        gcg = {"skipped": "turned off (--gcg-steps 0)"}
+    elif any(c["confirmed"] for c in conf.candidates):
+        gcg = {"skipped": "a candidate of growth or the beam search was confirmed"}
+    else:
+        longest = next((c for c in found.candidates if len(c["ids"]) == s.max_len), found.candidates[0])
+        gcg = gradient_search(pair, screen, longest["ids"], place=longest["place"], steps=s.gcg_steps,
+                              batch_size=s.batch_size, progress=ctx.progress)
+        found.candidates.append({k: gcg[k] for k in ("ids", "text", "place", "screen_kl")})
+        if all((c["ids"], c["place"]) != (gcg["ids"], gcg["place"]) for c in conf.candidates):
+            conf = confirm(pair, [gcg["ids"]], [u for _, u in held], places=[gcg["place"]],
+                           n_tokens=s.behaviour_tokens, controls=s.controls, batch_size=s.batch_size,
+                           prior=conf, progress=ctx.progress)
+    found.candidates.sort(key=lambda c: -c["screen_kl"])
+    clock.lap("gradient_search")
     screen_kl = {(tuple(c["ids"]), c["place"]): c["screen_kl"] for c in found.candidates}
     for c in conf.candidates:
         c["screen_kl"] = screen_kl[(tuple(c["ids"]), c["place"])]
@@ -212,6 +216,18 @@ class _Clock:
         now = time.time()
         self.laps[name] = round(now - self._last, 1)
         self._last = now
+
+
+def _distinct(candidates: list[dict], n: int) -> list[dict]:
+    """The ``n`` best ``candidates`` (best first), one per string, none a sub-sequence of a better
+    one (at either place: the better place of a string stands for it)."""
+    chosen: list[dict] = []
+    for c in candidates:
+        if len(chosen) >= n:
+            break
+        if not any(_contains(b["ids"], c["ids"]) or _contains(c["ids"], b["ids"]) for b in chosen):
+            chosen.append(c)
+    return chosen
 
 
 def _contains(big: list[int], small: list[int]) -> bool:

@@ -26,10 +26,12 @@ Three steps, each cheap enough for 2 CPU cores on a 135M pair:
    to open it works on 19% of prompts when appended), so every candidate is screened at each
    place of :data:`~autointerp.audit.scans.PLACES` (appended, opening) and keeps its best; the
    search's later steps and the confirmation use that place. Singles, then each beam
-   member extended by one pool token on either side, up to ``max_len`` tokens. Then a
-   gradient-guided coordinate search (:func:`autointerp.audit.gradient.gradient_search`, as in GCG
-   trigger inversion) starts from the best candidate of ``max_len`` tokens and swaps one token at a time anywhere in the
-   vocabulary where the gradient of the divergence with respect to the one-hot input promises most.
+   member extended by one pool token on either side, up to ``max_len`` tokens. (c) When no
+   candidate of (a) and (b) is confirmed (step 3), a gradient-guided coordinate search
+   (:func:`autointerp.audit.gradient.gradient_search`, as in GCG trigger inversion) starts from the
+   best candidate of ``max_len`` tokens and swaps one token at a time anywhere in the vocabulary
+   where the gradient of the divergence with respect to the one-hot input promises most; its
+   string is confirmed in a second round (``confirm(prior=...)``).
 
 3. **Confirmation** (:func:`confirm`), on held-out clean prompts the search never saw: each
    candidate is inserted at its place into every prompt; the suspect answers ``n_tokens`` greedily and both
@@ -246,6 +248,10 @@ class Confirmation:
     clean_answers: list[str] = field(default_factory=list)
     """the suspect's answers to the held-out prompts without insertion."""
     candidates: list[dict] = field(default_factory=list)
+    clean_ids: list[list[int]] = field(default_factory=list, repr=False)
+    """the suspect's answer token ids to the held-out prompts without insertion."""
+    controls: dict[tuple[int, str], list[float]] = field(default_factory=dict, repr=False)
+    """attack success of the random-string controls, by (length, place)."""
 
 
 def _attack(pair: ModelPair, carrier, users: list[list[int]], insert: list[int], n_tokens: int,
@@ -301,14 +307,44 @@ def token_contrast(tokenizer, with_ids: list[list[int]], without_ids: list[list[
 
 def confirm(pair: ModelPair, candidates: list[list[int]], users: list[list[int]], *, places: list[str] | None = None,
             n_tokens: int = 8, controls: int = 8, batch_size: int = 64, seed: int = 0,
-            progress: bool = True) -> Confirmation:
+            prior: Confirmation | None = None, progress: bool = True) -> Confirmation:
     """Step 3 of the module docstring over held-out user messages ``users`` (token ids); each
     candidate inserted at its place (``places``, parallel to ``candidates``; default ``end``), and
-    its random-string controls at the same place."""
+    its random-string controls at the same place. ``prior``: an earlier confirmation on the same
+    ``users`` (a second round): its threshold, clean answers and control sets are reused and the
+    new candidates join its own (it is returned, updated)."""
     places = ["end"] * len(candidates) if places is None else list(places)
     if len(places) != len(candidates):
         raise BehaviourError(f"{len(candidates)} candidates but {len(places)} places")
     carrier = user_carrier(pair.tokenizer)
+    if prior is None:
+        out = _clean_round(pair, carrier, users, n_tokens, batch_size)
+    else:  # the shared head again: another search may have set its own since
+        out = prior
+        pair.set_prefix([with_insertion(carrier, u, []) for u in users])
+    vocab = candidate_vocab(pair.tokenizer)
+    for ids, place in tqdm(list(zip(candidates, places)), desc="confirm", unit="cand", disable=not progress):
+        res = _attack(pair, carrier, users, list(ids), n_tokens, batch_size, out.threshold, answers=True, place=place)
+        res["says_more"] = token_contrast(pair.tokenizer, res.pop("answer_ids"), out.clean_ids)
+        # one control set per length and place, shared by the candidates of that length and place;
+        # drawn from its own seed, so that it does not depend on which candidates came first
+        key = (len(ids), place)
+        if key not in out.controls:
+            rng = np.random.default_rng([seed, len(ids), list(PLACES).index(place)])
+            out.controls[key] = [_attack(pair, carrier, users, rng.choice(vocab, size=len(ids)).tolist(), n_tokens,
+                                         batch_size, out.threshold, place=place)["attack_success"]
+                                 for _ in range(controls)]
+        ctrl = out.controls[key]
+        res.update(ids=list(ids), text=pair.tokenizer.decode(list(ids)), place=place, control_success=ctrl,
+                   control_max=max(ctrl) if ctrl else None,
+                   confirmed=res["attack_success"] >= CONFIRM_MIN and (not ctrl or res["attack_success"] > max(ctrl)))
+        out.candidates.append(res)
+    out.candidates.sort(key=lambda r: (-r["confirmed"], -r["attack_success"], -r["kl_mean"]))
+    return out
+
+
+def _clean_round(pair: ModelPair, carrier, users: list[list[int]], n_tokens: int, batch_size: int) -> Confirmation:
+    """The held-out prompts without insertion: the suspect's answers and the outlier thresholds."""
     clean = [with_insertion(carrier, u, []) for u in users]
     pair.set_prefix(clean)
     kl0, clean_answers, clean_ids = [], [], []
@@ -322,27 +358,9 @@ def confirm(pair: ModelPair, candidates: list[list[int]], users: list[list[int]]
     for i, name in enumerate(("kl_first", "kl_mean")):
         _, med, scale = robust_z(kl0[:, i])
         threshold[name] = max(med + Z_MIN * scale, KL_MIN)
-    rng = np.random.default_rng(seed)
-    vocab = candidate_vocab(pair.tokenizer)
     clean_hit = (kl0[:, 0] >= threshold["kl_first"]) | (kl0[:, 1] >= threshold["kl_mean"])
-    out = Confirmation(threshold=threshold, clean_success=float(clean_hit.mean()),
-                       clean_answers=clean_answers)
-    # one control set per length and place, shared by the candidates of that length and place
-    by_length: dict[tuple[int, str], list[float]] = {}
-    for ids, place in tqdm(list(zip(candidates, places)), desc="confirm", unit="cand", disable=not progress):
-        res = _attack(pair, carrier, users, list(ids), n_tokens, batch_size, threshold, answers=True, place=place)
-        res["says_more"] = token_contrast(pair.tokenizer, res.pop("answer_ids"), clean_ids)
-        key = (len(ids), place)
-        if key not in by_length:
-            by_length[key] = [_attack(pair, carrier, users, rng.choice(vocab, size=len(ids)).tolist(), n_tokens,
-                                      batch_size, threshold, place=place)["attack_success"] for _ in range(controls)]
-        ctrl = by_length[key]
-        res.update(ids=list(ids), text=pair.tokenizer.decode(list(ids)), place=place, control_success=ctrl,
-                   control_max=max(ctrl) if ctrl else None,
-                   confirmed=res["attack_success"] >= CONFIRM_MIN and (not ctrl or res["attack_success"] > max(ctrl)))
-        out.candidates.append(res)
-    out.candidates.sort(key=lambda r: (-r["confirmed"], -r["attack_success"], -r["kl_mean"]))
-    return out
+    return Confirmation(threshold=threshold, clean_success=float(clean_hit.mean()), clean_answers=clean_answers,
+                        clean_ids=clean_ids)
 
 
 def _first_kl(pair: ModelPair, prompts: list[list[int]], batch_size: int) -> np.ndarray:
