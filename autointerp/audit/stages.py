@@ -156,9 +156,9 @@ def stage_triggers(ctx: AuditContext) -> dict:
                    n_tokens=s.behaviour_tokens, controls=s.controls, batch_size=s.batch_size, progress=ctx.progress)
     clock.lap("confirm")
     # the gradient search is the fallback, run only when growth and the beam search left nothing
-    # confirmed: since growth came in, every trigger confirmed on the plants was a grown string, and
-    # the gradient search was the trigger stage's largest part on the nulls (RESULTS.md, eleventh
-    # measurements); its string is confirmed in a second round, against the same controls
+    # confirmed: since growth came in, the best confirmed string of every audited plant was a grown
+    # one, and the gradient search was the trigger stage's largest part on the nulls (RESULTS.md,
+    # eleventh measurements); its string is confirmed in a second round, against the same controls
     gcg: dict | None = None
     if not s.gcg_steps:
         gcg = {"skipped": "turned off (--gcg-steps 0)"}
