@@ -42,7 +42,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len", type=int, default=d.max_len, help="longest trigger candidate, in tokens")
     p.add_argument("--scan-layer", type=int, default=None,
                    help="layer of the token scan's residual stream (default: a quarter of the depth)")
-    p.add_argument("--gcg-steps", type=int, default=d.gcg_steps, help="steps of the gradient-guided search, run when growth and the beam search leave nothing confirmed (0: never)")
+    p.add_argument("--gcg-steps", type=int, default=d.gcg_steps,
+                   help="steps of the gradient-guided search, run when growth and the beam search leave "
+                        "nothing confirmed (0: never)")
     p.add_argument("--confirm-prompts", type=int, default=d.confirm_prompts,
                    help="held-out prompts each trigger candidate is confirmed on")
     p.add_argument("--controls", type=int, default=d.controls, help="random strings per candidate (the control)")

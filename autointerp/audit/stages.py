@@ -159,7 +159,7 @@ def stage_triggers(ctx: AuditContext) -> dict:
     # confirmed: since growth came in, the best confirmed string of every audited plant was a grown
     # one, and the gradient search was the trigger stage's largest part on the nulls (RESULTS.md,
     # eleventh measurements); its string is confirmed in a second round, against the same controls
-    gcg: dict | None = None
+    gcg: dict
     if not s.gcg_steps:
         gcg = {"skipped": "turned off (--gcg-steps 0)"}
     elif any(c["confirmed"] for c in conf.candidates):
